@@ -1,0 +1,411 @@
+"""The one network representation every bound engine, the MILP and the verifier use.
+
+A :class:`Graph` is a sequence of ops acting on *flattened* batches ``(B, n)``:
+affine ops (:class:`Linear`, :class:`Conv`, :class:`Scale`) and :class:`ReLU`.
+Flatten is implicit (NCHW flattening in C order, as torch and ONNX do), so the
+VNN-LIB variable ``X_i`` is column ``i`` of the input and ``Y_j`` column ``j`` of the output.
+
+Every affine op offers the same small algebra:
+
+* ``forward(x)``      x -> W x + b on ``(B, n_in)``
+* ``abs_forward(r)``  r -> |W| r (no bias), for interval radii
+* ``back(A)``         A -> A W for ``A`` of shape ``(..., n_out)``, the CROWN backward step
+* ``bias_term(A)``    A -> A b, shape ``A.shape[:-1]``
+* ``dense()``         the explicit ``(W, b)`` matrices (for MILP and simplification)
+
+Graphs are built from a torch ``nn.Sequential`` (:func:`from_torch`, differentiable:
+ops hold the module's live tensors) or from an ONNX file (:func:`from_onnx`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnsupportedModel(ValueError):
+    """The model uses an operator or structure the bound engines cannot handle."""
+
+
+@dataclass
+class Linear:
+    weight: torch.Tensor  # (n_out, n_in)
+    bias: torch.Tensor  # (n_out,)
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+    def abs_forward(self, r):
+        return r @ self.weight.abs().T
+
+    def back(self, A):
+        return A @ self.weight
+
+    def bias_term(self, A):
+        return A @ self.bias
+
+    def dense(self):
+        return self.weight, self.bias
+
+    def to(self, dtype):
+        return Linear(self.weight.detach().to(dtype), self.bias.detach().to(dtype))
+
+
+@dataclass
+class Conv:
+    weight: torch.Tensor  # (C_out, C_in, kH, kW)
+    bias: torch.Tensor  # (C_out,)
+    in_shape: tuple[int, int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    out_shape: tuple[int, int, int] = field(init=False)
+
+    def __post_init__(self):
+        c, h, w = self.in_shape
+        kh, kw = self.weight.shape[2:]
+        oh = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        self.out_shape = (self.weight.shape[0], oh, ow)
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def n_out(self) -> int:
+        return math.prod(self.out_shape)
+
+    def _conv(self, x, weight, bias):
+        y = F.conv2d(x.reshape(-1, *self.in_shape), weight, bias, self.stride, self.padding)
+        return y.reshape(*x.shape[:-1], self.n_out)
+
+    def forward(self, x):
+        return self._conv(x, self.weight, self.bias)
+
+    def abs_forward(self, r):
+        return self._conv(r, self.weight.abs(), None)
+
+    def back(self, A):
+        lead = A.shape[:-1]
+        kh, kw = self.weight.shape[2:]
+        out_pad = tuple(
+            self.in_shape[1 + i] - ((self.out_shape[1 + i] - 1) * self.stride[i] - 2 * self.padding[i] + k)
+            for i, k in enumerate((kh, kw))
+        )
+        x = F.conv_transpose2d(
+            A.reshape(-1, *self.out_shape), self.weight, None, self.stride, self.padding, out_pad
+        )
+        return x.reshape(*lead, self.n_in)
+
+    def bias_term(self, A):
+        per_channel = A.reshape(*A.shape[:-1], self.out_shape[0], -1).sum(-1)
+        return per_channel @ self.bias
+
+    def dense(self):
+        eye = torch.eye(self.n_in, dtype=self.weight.dtype, device=self.weight.device)
+        return self._conv(eye, self.weight, None).T, self.bias.repeat_interleave(
+            self.out_shape[1] * self.out_shape[2]
+        )
+
+    def to(self, dtype):
+        return Conv(
+            self.weight.detach().to(dtype), self.bias.detach().to(dtype), self.in_shape, self.stride, self.padding
+        )
+
+
+@dataclass
+class Scale:
+    """Elementwise affine map ``y = a * x + b`` (normalisation, folded BatchNorm)."""
+
+    a: torch.Tensor  # (n,)
+    b: torch.Tensor  # (n,)
+
+    @property
+    def n_in(self) -> int:
+        return self.a.shape[0]
+
+    n_out = n_in
+
+    def forward(self, x):
+        return x * self.a + self.b
+
+    def abs_forward(self, r):
+        return r * self.a.abs()
+
+    def back(self, A):
+        return A * self.a
+
+    def bias_term(self, A):
+        return A @ self.b
+
+    def dense(self):
+        return torch.diag(self.a), self.b
+
+    def to(self, dtype):
+        return Scale(self.a.detach().to(dtype), self.b.detach().to(dtype))
+
+
+@dataclass
+class ReLU:
+    def forward(self, x):
+        return torch.relu(x)
+
+    def to(self, dtype):
+        return self
+
+
+AFFINE = (Linear, Conv, Scale)
+
+
+@dataclass
+class Graph:
+    ops: list
+    in_shape: tuple[int, ...]  # without the batch dimension
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def n_out(self) -> int:
+        for op in reversed(self.ops):
+            if isinstance(op, AFFINE):
+                return op.n_out
+        return self.n_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1)
+        for op in self.ops:
+            x = op.forward(x)
+        return x
+
+    def to(self, dtype) -> "Graph":
+        """A detached copy in ``dtype`` (verification runs in float64)."""
+        return Graph([op.to(dtype) for op in self.ops], self.in_shape)
+
+    def relu_count(self) -> int:
+        return sum(isinstance(op, ReLU) for op in self.ops)
+
+    def dense_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The network as ``[(W_1, b_1), ..., (W_L, b_L)]`` with a ReLU between consecutive pairs.
+
+        Consecutive affine ops are multiplied together. Used by the MILP and by tools that want
+        plain matrices; memory is ``sum(n_out * n_in)``.
+        """
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        current = None
+        for op in self.ops:
+            if isinstance(op, ReLU):
+                if current is None:
+                    raise UnsupportedModel("ReLU without a preceding affine layer")
+                layers.append(current)
+                current = None
+                continue
+            W, b = op.dense()
+            current = (W, b) if current is None else (W @ current[0], W @ current[1] + b)
+        if current is None:
+            raise UnsupportedModel("the network must end with an affine layer")
+        layers.append(current)
+        return layers
+
+    @staticmethod
+    def from_dense(layers: list[tuple[torch.Tensor, torch.Tensor]], in_shape=None) -> "Graph":
+        ops: list = []
+        for i, (W, b) in enumerate(layers):
+            if i:
+                ops.append(ReLU())
+            ops.append(Linear(W, b))
+        return Graph(ops, tuple(in_shape) if in_shape else (layers[0][0].shape[1],))
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _flat_modules(model: nn.Module):
+    for m in model.children() if isinstance(model, nn.Sequential) else [model]:
+        if isinstance(m, nn.Sequential):
+            yield from _flat_modules(m)
+        else:
+            yield m
+
+
+def _bn_scale(bn) -> tuple[torch.Tensor, torch.Tensor]:
+    a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return a, bn.bias - bn.running_mean * a
+
+
+def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
+    """Graph of a sequential torch model. Ops reference the live (differentiable) weights.
+
+    Supports Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (running statistics) and any module
+    with an ``affine_scale(shape) -> (a, b)`` method (e.g. :class:`vsbench.nets.Normalize`).
+    """
+    shape = tuple(in_shape)
+    ops: list = []
+    for m in _flat_modules(model):
+        if isinstance(m, nn.Linear):
+            bias = m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
+            ops.append(Linear(m.weight, bias))
+            shape = (m.out_features,)
+        elif isinstance(m, nn.Conv2d):
+            if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or len(shape) != 3:
+                raise UnsupportedModel(f"unsupported Conv2d configuration: {m}")
+            bias = m.bias if m.bias is not None else m.weight.new_zeros(m.out_channels)
+            op = Conv(m.weight, bias, shape, tuple(m.stride), tuple(m.padding))
+            ops.append(op)
+            shape = op.out_shape
+        elif isinstance(m, nn.ReLU):
+            ops.append(ReLU())
+        elif isinstance(m, nn.Flatten):
+            shape = (math.prod(shape),)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            a, b = _bn_scale(m)
+            per = math.prod(shape[1:]) if len(shape) == 3 else 1
+            ops.append(Scale(a.repeat_interleave(per), b.repeat_interleave(per)))
+        elif hasattr(m, "affine_scale"):
+            a, b = m.affine_scale(shape)
+            ops.append(Scale(a, b))
+        elif isinstance(m, (nn.Identity, nn.Dropout)):
+            continue
+        else:
+            raise UnsupportedModel(f"unsupported module {type(m).__name__}")
+    return Graph(ops, tuple(in_shape))
+
+
+# --------------------------------------------------------------------------- ONNX
+
+ONNX_OPS = {
+    "Gemm", "MatMul", "Add", "Sub", "Div", "Mul", "Conv", "Relu", "Flatten", "Reshape",
+    "BatchNormalization", "Constant",
+}
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def from_onnx(path: str | Path, dtype=torch.float64) -> Graph:
+    """Graph of a sequential ONNX model (one input, one output, a chain of supported ops).
+
+    Raises :class:`UnsupportedModel` naming the first unsupported operator or structure,
+    and ``ValueError`` if the file is not a readable ONNX model.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError, google.protobuf errors, OSError, ...
+        raise ValueError(f"not a readable ONNX model ({type(exc).__name__})") from exc
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise UnsupportedModel("the model must have exactly one input and one output")
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    in_shape = tuple(d if d > 0 else 1 for d in dims[1:]) or (1,)
+    shape: tuple[int, ...] = in_shape  # current activation shape, without batch
+    current = inputs[0].name
+    ops: list = []
+
+    def t(a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)
+
+    def add_scale(a: np.ndarray, b: np.ndarray):
+        n = math.prod(shape)
+        a_full = np.broadcast_to(np.asarray(a, dtype=np.float64), (1, *shape) if shape else ()).reshape(-1)
+        b_full = np.broadcast_to(np.asarray(b, dtype=np.float64), (1, *shape) if shape else ()).reshape(-1)
+        if a_full.size != n or b_full.size != n:
+            raise UnsupportedModel("elementwise constant does not broadcast to the activation")
+        ops.append(Scale(t(a_full), t(b_full)))
+
+    for node in g.node:
+        op = node.op_type
+        if op not in ONNX_OPS:
+            raise UnsupportedModel(f"unsupported ONNX operator {op}")
+        at = _attrs(node)
+        if op == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(at["value"])
+            continue
+        data = [i for i in node.input if i and i not in consts]
+        cvals = [consts[i] for i in node.input if i in consts]
+        if data != [current]:
+            raise UnsupportedModel(f"{op} node '{node.name}' is not part of a sequential chain")
+        if op in ("Flatten", "Reshape"):
+            if op == "Reshape":
+                target = [int(v) for v in cvals[0]]
+                if len(target) >= 1 and target[0] in (1, -1, 0) and (
+                    len(target) <= 2 or math.prod(abs(v) for v in target[1:]) == math.prod(shape)
+                ):
+                    rest = [v for v in target[1:] if v not in (0,)]
+                    shape = tuple(rest) if rest and -1 not in rest else (math.prod(shape),)
+                else:
+                    raise UnsupportedModel(f"unsupported Reshape to {target}")
+            else:
+                shape = (math.prod(shape),)
+        elif op == "Relu":
+            ops.append(ReLU())
+        elif op == "Gemm":
+            W = cvals[0]
+            if at.get("transA", 0):
+                raise UnsupportedModel("Gemm with transA is unsupported")
+            W = W if at.get("transB", 0) else W.T  # -> (out, in)
+            W = W * at.get("alpha", 1.0)
+            b = cvals[1] * at.get("beta", 1.0) if len(cvals) > 1 else np.zeros(W.shape[0])
+            ops.append(Linear(t(W), t(np.broadcast_to(b, (W.shape[0],)))))
+            shape = (W.shape[0],)
+        elif op == "MatMul":
+            if node.input[0] != current or cvals[0].ndim != 2:
+                raise UnsupportedModel("MatMul must be activation @ constant matrix")
+            W = cvals[0].T
+            ops.append(Linear(t(W), t(np.zeros(W.shape[0]))))
+            shape = (W.shape[0],)
+        elif op in ("Add", "Sub"):
+            c = cvals[0]
+            if op == "Sub" and node.input[0] != current:  # c - x
+                add_scale(-np.ones(1), c)
+            else:
+                add_scale(np.ones(1), c if op == "Add" else -c)
+        elif op in ("Mul", "Div"):
+            c = cvals[0]
+            if op == "Div" and node.input[0] != current:
+                raise UnsupportedModel("Div of a constant by the activation is not affine")
+            add_scale(c if op == "Mul" else 1.0 / c, np.zeros(1))
+        elif op == "Conv":
+            if at.get("group", 1) != 1 or any(d != 1 for d in at.get("dilations", [1, 1])):
+                raise UnsupportedModel("Conv with groups or dilation is unsupported")
+            pads = at.get("pads", [0, 0, 0, 0])
+            if pads[0] != pads[2] or pads[1] != pads[3] or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise UnsupportedModel("Conv with asymmetric or automatic padding is unsupported")
+            if len(shape) != 3:
+                raise UnsupportedModel("Conv input must be CHW")
+            W = cvals[0]
+            b = cvals[1] if len(cvals) > 1 else np.zeros(W.shape[0])
+            conv = Conv(t(W), t(b), shape, tuple(at.get("strides", [1, 1])), (pads[0], pads[1]))
+            ops.append(conv)
+            shape = conv.out_shape
+        elif op == "BatchNormalization":
+            scale, bias, mean, var = cvals[:4]
+            a = scale / np.sqrt(var + at.get("epsilon", 1e-5))
+            c_shape = (-1,) + (1,) * (len(shape) - 1)
+            add_scale(a.reshape(c_shape), (bias - mean * a).reshape(c_shape))
+        current = node.output[0]
+    if current != g.output[0].name:
+        raise UnsupportedModel("the graph output is not the end of the sequential chain")
+    return Graph(ops, in_shape)

@@ -1,0 +1,43 @@
+"""Interval bound propagation (IBP), batched over inputs; differentiable in the weights."""
+
+from __future__ import annotations
+
+import torch
+
+from .graph import AFFINE, Graph, ReLU
+
+
+def ibp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Interval bounds of every ReLU input, then of the network output.
+
+    ``lower``/``upper`` are ``(B, n_in)`` (any trailing shape is flattened). Returns one
+    ``(l, u)`` pair per ReLU, in order, followed by the output bounds: ``len == relu_count + 1``.
+    """
+    lo, hi = lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1)
+    out = []
+    for op in graph.ops:
+        if isinstance(op, ReLU):
+            out.append((lo, hi))
+            lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+        elif isinstance(op, AFFINE):
+            mid, rad = op.forward((hi + lo) / 2), op.abs_forward((hi - lo) / 2)
+            lo, hi = mid - rad, mid + rad
+    out.append((lo, hi))
+    return out
+
+
+def ibp_spec(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """Lower bound of ``C @ f(x)`` over the box, ``C`` of shape ``(B, S, n_out)`` -> ``(B, S)``.
+
+    The last affine op is merged into ``C`` before the interval step (as in CROWN-IBP),
+    which is never looser than bounding the outputs first.
+    """
+    last = max(i for i, op in enumerate(graph.ops) if isinstance(op, AFFINE))
+    head = Graph(graph.ops[:last], graph.in_shape)
+    lo, hi = ibp_bounds(head, lower, upper)[-1]
+    op = graph.ops[last]
+    A = op.back(C)  # (B, S, n_in of the last op)
+    mid, rad = (hi + lo) / 2, (hi - lo) / 2
+    center = (A @ mid.unsqueeze(-1)).squeeze(-1)
+    radius = (A.abs() @ rad.unsqueeze(-1)).squeeze(-1)
+    return center - radius + op.bias_term(C)
