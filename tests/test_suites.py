@@ -1,0 +1,53 @@
+"""Suite files: every shipped suite validates; unknown keys and bad values are errors naming the file."""
+
+import pytest
+
+from vsbench.pipeline import RunContext
+from vsbench.suites import SuiteError, list_suites, load_suite
+
+REQUIRED = {"smoke", "mnist-eps0.3", "mnist-eps0.1", "fmnist-eps0.1"}
+
+
+def test_required_suites_ship_and_validate():
+    names = {p.stem for p in list_suites()}
+    assert REQUIRED <= names
+    for path in list_suites():
+        suite = load_suite(str(path))
+        assert suite.name == path.stem
+        assert set(suite.profiles) == {"quick", "full"}
+
+
+def test_all_five_methods_in_every_suite():
+    for path in list_suites():
+        methods = {m.name for m in load_suite(str(path)).methods}
+        assert methods == {"dense", "verisparse", "verisparse-structured", "hydra", "prune-after"}
+
+
+@pytest.mark.parametrize("mutation, needle", [
+    (("eps: 0.1", "eps: 1.5"), "eps"),
+    (("sparsity: [0.8]", "sparsity: [1.2]"), "sparsity"),
+    (("archs: [mlp-2x100]", "archs: [resnet-9000]"), "unknown architecture 'resnet-9000'"),
+    (("dataset: mnist", "dataset: cifar-1000"), "unknown dataset 'cifar-1000'"),
+    (("properties: 3", "properties: -1"), "properties"),
+])
+def test_invalid_values_name_the_file(tmp_path, mutation, needle):
+    from vsbench.suites import SPECS_DIR
+
+    text = (SPECS_DIR / "smoke.yaml").read_text()
+    assert mutation[0] in text
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace(mutation[0], mutation[1], 1))
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path))
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_quick_profile_jobs_and_overrides(tmp_path):
+    ctx = RunContext.create("mnist-eps0.3", "quick", tmp_path / "run", None, announce=lambda m: None)
+    jobs = ctx.jobs()
+    profile = ctx.profile
+    sparse_methods = [m for m in ctx.suite.methods if m.sparsity != [0.0]]
+    assert len(jobs) == len(profile.archs) * (1 + len(sparse_methods) * len(profile.sparsity))
+    assert len({j.name for j in jobs}) == len(jobs)
+    assert (tmp_path / "run" / "manifest.json").is_file()
+    assert ctx.models_dir == tmp_path / "run" / "models"

@@ -1,0 +1,212 @@
+"""The ``vsbench`` command line: run, train, export, verify, report, compare, suites, audit, check-benchmark."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Verification-centric benchmarking of sparse, certified-robust neural networks.",
+)
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("vsbench")
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+
+
+def user_errors(fn):
+    """Turn bad input into one clear line on stderr and exit code 2 (traceback with VSBENCH_DEBUG=1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            if os.environ.get("VSBENCH_DEBUG"):
+                raise
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished results are saved; run the same command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_table(df, title: str | None = None) -> None:
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in df.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------- suites / run
+
+
+@app.command()
+@user_errors
+def suites(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the suites in specs/."""
+    import pandas as pd
+
+    from vsbench.suites import describe, list_suites
+
+    rows = [describe(p) for p in list_suites()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(pd.DataFrame(rows), "suites (vsbench run --suite NAME)")
+
+
+SUITE = typer.Option(..., "--suite", "-s", help="Suite name (specs/NAME.yaml) or path to a suite YAML.")
+PROFILE = typer.Option(None, "--profile", "-p", help="quick (2-core CPU) or full (paper scale); default: full with CUDA, else quick.")
+OUT = typer.Option(None, "--out", "-o", help="Run folder (default results/SUITE-PROFILE; models under models/SUITE-PROFILE).")
+WORKERS = typer.Option(None, "--workers", "-w", help="Parallel Ray workers (default: all CPUs).")
+RAY = typer.Option(None, "--ray-address", help="Existing Ray cluster address (or set RAY_ADDRESS); default: local Ray.")
+DATA = typer.Option(None, "--data-dir", help="Dataset folder (else $VSBENCH_DATA, else the user cache with download).")
+
+
+def _run_context(suite: str, profile: Optional[str], out: Optional[Path], data_dir: Optional[Path]):
+    from vsbench.pipeline import RunContext
+
+    return RunContext.create(suite, profile, out, data_dir, announce=lambda m: console.print(m))
+
+
+@app.command()
+@user_errors
+def run(
+    suite: str = SUITE,
+    profile: Optional[str] = PROFILE,
+    out: Optional[Path] = OUT,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY,
+    data_dir: Optional[Path] = DATA,
+    verifier: Optional[str] = typer.Option(None, "--verifier", help="Verifier name (default: the suite's)."),
+):
+    """Train, export, verify and report a whole suite (resumes where a previous run stopped)."""
+    from vsbench.pipeline import export_models, train_models, verify_models, write_report
+
+    ctx = _run_context(suite, profile, out, data_dir)
+    train_models(ctx, workers=workers, ray_address=ray_address)
+    export_models(ctx)
+    verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier)
+    df = write_report(ctx.run_dir)
+    print_table(df, f"{ctx.suite.name} ({ctx.profile_name})")
+    console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
+
+
+@app.command()
+@user_errors
+def train(
+    suite: str = SUITE,
+    profile: Optional[str] = PROFILE,
+    out: Optional[Path] = OUT,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY,
+    data_dir: Optional[Path] = DATA,
+):
+    """Train the suite's models (skips models already trained)."""
+    from vsbench.pipeline import train_models
+
+    ctx = _run_context(suite, profile, out, data_dir)
+    train_models(ctx, workers=workers, ray_address=ray_address)
+    console.print(f"models: {ctx.models_dir}")
+
+
+@app.command()
+@user_errors
+def export(
+    suite: str = SUITE,
+    profile: Optional[str] = PROFILE,
+    out: Optional[Path] = OUT,
+    data_dir: Optional[Path] = DATA,
+    vnncomp: Optional[Path] = typer.Option(None, "--vnncomp", help="Also copy the benchmark as a VNN-COMP folder here."),
+):
+    """Export trained models to ONNX and their properties to VNN-LIB (+ instances.csv)."""
+    from vsbench.pipeline import export_models
+
+    ctx = _run_context(suite, profile, out, data_dir)
+    bench = export_models(ctx, vnncomp_dir=vnncomp)
+    console.print(f"benchmark: {vnncomp or bench}")
+
+
+# --------------------------------------------------------------------------- verify / report
+
+
+@app.command()
+@user_errors
+def verify(
+    benchmark_dir: Path = typer.Argument(..., help="A VNN-COMP benchmark folder with instances.csv."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="Only instances whose onnx or vnnlib path contains this."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Cap on the per-instance timeout (s)."),
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where records.jsonl goes (default results/verify-DIRNAME)."),
+    verifier: str = typer.Option("builtin", "--verifier", help="builtin, marabou, abcrown or vnncomp:TOOL_DIR."),
+    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON lines."),
+):
+    """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
+    from vsbench.export.benchmark import read_instances
+    from vsbench.report.tables import benchmark_summary
+    from vsbench.pipeline import progress_bar
+    from vsbench.verify.runner import run_verification
+
+    import pandas as pd
+
+    instances = read_instances(benchmark_dir)
+    if filter:
+        instances = [i for i in instances if filter in str(i.onnx) or filter in str(i.vnnlib)]
+        if not instances:
+            raise ValueError(f"{benchmark_dir}: no instance matches --filter {filter!r}")
+    out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
+    with progress_bar() as progress:
+        records = run_verification(instances, verifier, out, workers=workers, ray_address=ray_address,
+                                   timeout_cap=timeout, progress=progress)
+    if as_json:
+        for r in records:
+            print(json.dumps(r))
+        return
+    print_table(benchmark_summary(pd.DataFrame(records)), f"{benchmark_dir} ({verifier})")
+    console.print(f"records: {out / 'records.jsonl'}")
+
+
+@app.command()
+@user_errors
+def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.jsonl).")):
+    """Rebuild the tables and plots of a run from its records alone."""
+    from vsbench.pipeline import write_report
+
+    if not (run_dir / "records.jsonl").is_file() and not (run_dir / "models.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir}: no records.jsonl or models.jsonl (not a vsbench run folder)")
+    print_table(write_report(run_dir), str(run_dir))
+    console.print(f"tables: {run_dir / 'tables'}")
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    app(prog_name="vsbench")
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -1,0 +1,162 @@
+"""Benchmark suites: ``specs/*.yaml`` validated into :class:`Suite` objects.
+
+A suite fixes the dataset, the perturbation, the architectures, the methods with their sparsity
+levels, the seeds and the verification budget; a *profile* (``quick`` for a 2-core CPU, ``full``
+for paper-scale schedules on a GPU) sets the training schedule and the number of properties.
+Unknown keys anywhere are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+PROFILES = ("quick", "full")
+
+
+class SuiteError(ValueError):
+    """A suite file is missing, unreadable or invalid."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodSpec(Strict):
+    name: str
+    sparsity: list[float] = Field(default_factory=lambda: [0.0])
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _in_unit_interval(cls, levels: list[float]) -> list[float]:
+        if not levels or any(not 0.0 <= s < 1.0 for s in levels):
+            raise ValueError("sparsity levels must be a non-empty list of numbers in [0, 1)")
+        return levels
+
+
+class Profile(Strict):
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields (epochs, n_train, ...)
+    properties: int = Field(gt=0)  # test images drawn for verification
+    timeout: float = Field(gt=0)  # seconds per verification instance
+    archs: list[str] | None = None  # overrides Suite.archs
+    sparsity: list[float] | None = None  # overrides every sparse method's levels
+    seeds: list[int] | None = None
+
+
+class Suite(Strict):
+    name: str
+    description: str = ""
+    dataset: str
+    eps: float = Field(gt=0, le=1)
+    train_eps: float | None = None
+    archs: list[str]
+    methods: list[MethodSpec]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    verifier: str = "builtin"
+    property_seed: int = 0
+    profiles: dict[str, Profile]
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, profiles: dict[str, Profile]) -> dict[str, Profile]:
+        unknown = set(profiles) - set(PROFILES)
+        if unknown or not profiles:
+            raise ValueError(f"profiles must be among {PROFILES}, got {sorted(profiles)}")
+        return profiles
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise SuiteError(f"suite '{self.name}' has no profile '{name}' (has: {', '.join(self.profiles)})")
+        return self.profiles[name]
+
+
+def list_suites() -> list[Path]:
+    return sorted(SPECS_DIR.glob("*.yaml"))
+
+
+def default_profile() -> str:
+    """``full`` when CUDA is available, else ``quick``."""
+    import torch
+
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SuiteError(f"{path}: suite file not found")
+        return path
+    candidate = SPECS_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(p.stem for p in list_suites())
+        raise SuiteError(f"unknown suite '{name_or_path}' (known: {known}; or give a path to a YAML file)")
+    return candidate
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "top level"
+    return f"{where}: {err['msg']}"
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Load and validate a suite by name (``specs/NAME.yaml``) or path; errors name the file."""
+    path = resolve_suite_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SuiteError(f"{path}:{line} malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite must be a YAML mapping")
+    try:
+        suite = Suite(**raw)
+    except ValidationError as exc:
+        raise SuiteError(f"{path}: {_first_error(exc)}") from None
+    _check_names(suite, path)
+    return suite
+
+
+def _check_names(suite: Suite, path: Path) -> None:
+    """Dataset, architectures, methods and training settings must exist."""
+    from vsbench.data import DATASETS
+    from vsbench.nets import list_nets
+    from vsbench.train.loop import TrainConfig
+    from vsbench.train.methods import list_methods
+
+    if suite.dataset not in DATASETS:
+        raise SuiteError(f"{path}: unknown dataset '{suite.dataset}' (known: {', '.join(DATASETS)})")
+    for profile_name, profile in suite.profiles.items():
+        for arch in profile.archs or suite.archs:
+            if arch not in list_nets():
+                raise SuiteError(f"{path}: unknown architecture '{arch}' (known: {', '.join(list_nets())})")
+        try:
+            TrainConfig(dataset=suite.dataset, arch=suite.archs[0], method="dense", eps=suite.eps, **profile.train)
+        except (ValidationError, TypeError) as exc:
+            msg = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise SuiteError(f"{path}: profiles.{profile_name}.train: {msg}") from None
+    for method in suite.methods:
+        if method.name not in list_methods():
+            raise SuiteError(f"{path}: unknown method '{method.name}' (known: {', '.join(list_methods())})")
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """One row of `vsbench suites`; never raises (a broken file is listed with its error)."""
+    try:
+        s = load_suite(str(path))
+        return {
+            "name": s.name,
+            "dataset": s.dataset,
+            "eps": s.eps,
+            "methods": ", ".join(m.name for m in s.methods),
+            "description": s.description,
+        }
+    except SuiteError as exc:
+        return {"name": path.stem, "dataset": "", "eps": "", "methods": "", "description": f"invalid: {exc}"}
