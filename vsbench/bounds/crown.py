@@ -1,0 +1,129 @@
+"""CROWN: backward linear relaxation bounds, batched over inputs and specs; differentiable.
+
+The backward pass (:func:`backward`) is shared by CROWN, alpha-CROWN (optimised lower ReLU slopes)
+and beta-CROWN (Lagrangian terms for split constraints on pre-activations).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .graph import AFFINE, Graph, ReLU
+from .ibp import ibp_bounds
+
+Bounds = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def relax(l: torch.Tensor, u: torch.Tensor):
+    """Upper line (slope, intercept) and default lower slope of ReLU over ``[l, u]``, per neuron.
+
+    Stable neurons are exact (slope 1 or 0); unstable ones get the chord above and the adaptive
+    lower slope (1 if ``u > -l`` else 0) below.
+    """
+    active, dead = l >= 0, u <= 0
+    unstable = ~(active | dead)
+    chord = u / (u - l).clamp(min=1e-12)
+    up = torch.where(active, torch.ones_like(u), torch.where(unstable, chord, torch.zeros_like(u)))
+    icpt = torch.where(unstable, -chord * l, torch.zeros_like(u))
+    low = torch.where(active, torch.ones_like(u), torch.where(unstable, (u > -l).to(u.dtype), torch.zeros_like(u)))
+    return up, icpt, low, unstable
+
+
+def backward(
+    graph: Graph,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    C: torch.Tensor,
+    intermediate: Bounds,
+    slopes: list | None = None,
+    extra: list | None = None,
+    keep: bool = False,
+):
+    """Lower bound of ``C @ f(x)`` over the box given pre-ReLU bounds ``intermediate``.
+
+    ``slopes[k]`` (broadcastable to ``(B, S, n_k)``, values in [0, 1]) replaces the lower slope of
+    unstable neurons of ReLU ``k``; ``extra[k]`` is added to the coefficients of the ReLU ``k``
+    pre-activation (beta-CROWN split terms). Returns ``(lb (B, S), lams)`` where ``lams[k]`` is the
+    coefficient of the ReLU ``k`` output (only when ``keep``; used for branching).
+    """
+    lo, hi = _flat(lower), _flat(upper)
+    A = C
+    bias = C.new_zeros(C.shape[:2])
+    k = graph.relu_count()
+    lams = [None] * k
+    for op in reversed(graph.ops):
+        if isinstance(op, ReLU):
+            k -= 1
+            l, u = intermediate[k]
+            up, icpt, low, unstable = relax(l, u)
+            up, icpt, low = up.unsqueeze(1), icpt.unsqueeze(1), low.unsqueeze(1)
+            if slopes is not None and slopes[k] is not None:
+                low = torch.where(unstable.unsqueeze(1), slopes[k], low)
+            if keep:
+                lams[k] = A
+            pos, neg = A.clamp(min=0), A.clamp(max=0)
+            bias = bias + (neg * icpt).sum(-1)
+            A = pos * low + neg * up
+            if extra is not None and extra[k] is not None:
+                A = A + extra[k]
+        elif isinstance(op, AFFINE):
+            bias = bias + op.bias_term(A)
+            A = op.back(A)
+    mid, rad = (hi + lo) / 2, (hi - lo) / 2
+    lb = torch.einsum("bsn,bn->bs", A, mid) - torch.einsum("bsn,bn->bs", A.abs(), rad) + bias
+    return lb, lams
+
+
+def _relu_positions(graph: Graph) -> list[int]:
+    return [i for i, op in enumerate(graph.ops) if isinstance(op, ReLU)]
+
+
+def _pm_eye(B: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    return torch.cat([eye, -eye]).expand(B, 2 * n, n)
+
+
+def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
+    """CROWN bounds of every ReLU input, then of the output (layout of :func:`ibp_bounds`).
+
+    Each layer is bounded by CROWN given the earlier layers' bounds, intersected with IBP.
+    """
+    ibp = ibp_bounds(graph, lower, upper)
+    B = lower.shape[0]
+    bounds: Bounds = []
+    ends = _relu_positions(graph) + [len(graph.ops)]
+    for k, end in enumerate(ends):
+        head = Graph(graph.ops[:end], graph.in_shape)
+        n = ibp[k][0].shape[1]
+        lb, _ = backward(head, lower, upper, _pm_eye(B, n, ibp[k][0]), bounds)
+        l = torch.maximum(lb[:, :n], ibp[k][0])
+        u = torch.minimum(-lb[:, n:], ibp[k][1])
+        bounds.append((l, u))
+    return bounds
+
+
+def crown_spec(
+    graph: Graph,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    C: torch.Tensor,
+    intermediate: Bounds | None = None,
+    slopes: list | None = None,
+) -> torch.Tensor:
+    """Lower bound of ``C @ f(x)`` over the box; ``C (B, S, n_out)`` -> ``(B, S)``.
+
+    ``intermediate``: pre-ReLU bounds, one ``(l, u)`` per ReLU (CROWN layer by layer if None).
+    ``slopes``: optional lower ReLU slopes for unstable neurons (alpha-CROWN).
+    """
+    if intermediate is None:
+        intermediate = crown_bounds(graph, lower, upper)
+    return backward(graph, lower, upper, C, intermediate[: graph.relu_count()], slopes)[0]
+
+
+def crown_ibp_spec(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """CROWN-IBP: :func:`crown_spec` with IBP intermediate bounds (certified training)."""
+    return crown_spec(graph, lower, upper, C, ibp_bounds(graph, lower, upper)[:-1])
