@@ -1,0 +1,109 @@
+"""Exact MILP of a ReLU network clause with HiGHS (big-M encoding over known pre-activation bounds)."""
+
+from __future__ import annotations
+
+import highspy
+import numpy as np
+
+TAU = 1e-6  # a clause counts as infeasible only if min t > TAU
+SLACK = 1e-7  # widening of the pre-activation bounds against rounding
+
+
+def _np(a) -> np.ndarray:
+    return a.detach().cpu().numpy().astype(np.float64) if hasattr(a, "detach") else np.asarray(a, dtype=np.float64)
+
+
+class _Model:
+    """Rows and columns accumulated in plain lists, passed to HiGHS at once."""
+
+    def __init__(self):
+        self.lo, self.hi, self.cost, self.integer = [], [], [], []
+        self.rows = []  # (cols, vals, lower, upper)
+
+    def cols(self, lo, hi, integer=False) -> np.ndarray:
+        start = len(self.lo)
+        self.lo += list(lo)
+        self.hi += list(hi)
+        self.cost += [0.0] * len(lo)
+        self.integer += [integer] * len(lo)
+        return np.arange(start, len(self.lo))
+
+    def row(self, cols, vals, lower, upper):
+        self.rows.append((np.asarray(cols, dtype=np.int32), np.asarray(vals, dtype=np.float64), lower, upper))
+
+    def solve(self, time_limit: float):
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("time_limit", max(float(time_limit), 0.01))
+        n = len(self.lo)
+        h.addVars(n, np.array(self.lo), np.array(self.hi))
+        h.changeColsCost(n, np.arange(n, dtype=np.int32), np.array(self.cost))
+        ints = np.flatnonzero(self.integer).astype(np.int32)
+        if len(ints):
+            h.changeColsIntegrality(len(ints), ints, np.full(len(ints), highspy.HighsVarType.kInteger))
+        starts = np.cumsum([0] + [len(r[0]) for r in self.rows[:-1]]).astype(np.int32)
+        h.addRows(
+            len(self.rows),
+            np.array([r[2] for r in self.rows], dtype=np.float64),
+            np.array([r[3] for r in self.rows], dtype=np.float64),
+            int(sum(len(r[0]) for r in self.rows)),
+            starts,
+            np.concatenate([r[0] for r in self.rows]),
+            np.concatenate([r[1] for r in self.rows]),
+        )
+        h.run()
+        return h
+
+
+def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float):
+    """Decide one clause ``C @ f(x) <= rhs`` (all rows) over the box exactly.
+
+    ``layers``: ``[(W, b), ...]`` with a ReLU between; ``bounds``: sound ``(l, u)`` pre-activation
+    bounds per ReLU (1-D). Minimises ``t`` s.t. ``C y - rhs <= t``. Returns ``(status, x, lb)``:
+    ``("unsat", None, lb)`` if ``t > TAU`` is proven, ``("sat", x, lb)`` with a candidate ``x``
+    where ``t <= 0`` (re-check it!), else ``("unknown", x_or_None, lb)`` (time limit, tolerance).
+    """
+    inf = highspy.kHighsInf
+    m = _Model()
+    prev = m.cols(_np(lower).ravel(), _np(upper).ravel())  # columns holding the current activation
+    prev_w = np.ones(len(prev))  # activation = prev_w * column (0 where the neuron is dead)
+    for (W, b), (l, u) in zip(layers[:-1], bounds):
+        W, b, l, u = _np(W), _np(b), _np(l).ravel(), _np(u).ravel()
+        z = m.cols(l - SLACK, u + SLACK)
+        live = np.flatnonzero(prev_w)
+        for j in range(len(b)):
+            w = W[j, live]
+            nz = np.flatnonzero(w)
+            m.row(np.append(prev[live[nz]], z[j]), np.append(-w[nz], 1.0), b[j], b[j])
+        act, act_w = z.copy(), (u > 0).astype(np.float64)
+        for j in np.flatnonzero((l < 0) & (u > 0)):
+            a, d = m.cols([0.0], [u[j]])[0], m.cols([0.0], [1.0], integer=True)[0]
+            m.row([a, z[j]], [1.0, -1.0], 0.0, inf)
+            m.row([a, d], [1.0, -u[j]], -inf, 0.0)
+            m.row([a, z[j], d], [1.0, -1.0, -l[j]], -inf, -l[j])
+            act[j] = a
+        prev, prev_w = act, act_w
+    W, b = _np(layers[-1][0]), _np(layers[-1][1])
+    CW, Cb = _np(C) @ W, _np(C) @ b
+    t = m.cols([-inf], [TAU])[0]
+    m.cost[t] = 1.0
+    live = np.flatnonzero(prev_w)
+    for i in range(len(Cb)):
+        w = CW[i, live]
+        nz = np.flatnonzero(w)
+        m.row(np.append(prev[live[nz]], t), np.append(w[nz], -1.0), -inf, _np(rhs).ravel()[i] - Cb[i])
+    h = m.solve(time_limit)
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return "unsat", None, TAU
+    info = h.getInfo()
+    lb = info.mip_dual_bound if any(m.integer) else info.objective_function_value
+    x = None
+    if info.primal_solution_status == 2:  # feasible
+        sol = np.array(h.getSolution().col_value)
+        x = sol[: len(_np(lower).ravel())]
+        if sol[t] <= 0:
+            return "sat", x, lb
+    if status == highspy.HighsModelStatus.kOptimal and lb > TAU:
+        return "unsat", None, lb
+    return "unknown", x, lb
