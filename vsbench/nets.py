@@ -1,0 +1,152 @@
+"""Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten.
+
+Input normalisation is the first layer, so models take pixel-scale inputs in [0, 1]. Every model
+can be described as a plain list of layers (:func:`describe_layers`) and rebuilt from it
+(:func:`build_from_layers`); checkpoints use this to restore compacted (structured-pruned) nets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# name -> hidden layers: ("conv", channels, kernel, stride, padding) or ("fc", units); a final FC to
+# the classes is appended.
+ARCHS: dict[str, list[tuple]] = {
+    "mlp-2x100": [("fc", 100), ("fc", 100)],
+    "mlp-2x256": [("fc", 256), ("fc", 256)],
+    "mlp-4x256": [("fc", 256)] * 4,
+    # CROWN-IBP "DM-small"
+    "cnn-small": [("conv", 16, 4, 2, 0), ("conv", 32, 4, 1, 0), ("fc", 100)],
+    # CROWN-IBP "DM-medium"
+    "cnn-medium": [("conv", 32, 3, 1, 0), ("conv", 32, 4, 2, 0), ("conv", 64, 3, 1, 0),
+                   ("conv", 64, 4, 2, 0), ("fc", 512), ("fc", 512)],
+}
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; an elementwise affine map the bound engines understand."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+    def affine_scale(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat ``(a, b)`` with ``y = a * x + b`` on an input of ``shape`` (without batch)."""
+        channels, per = shape[0], math.prod(shape[1:])
+        a = (1.0 / self.std).expand(channels)
+        b = (-self.mean / self.std).expand(channels)
+        return a.repeat_interleave(per), b.repeat_interleave(per)
+
+
+def list_nets() -> list[str]:
+    return list(ARCHS)
+
+
+def _info(dataset_info):
+    if isinstance(dataset_info, str):
+        from vsbench.data import get_dataset_info
+
+        return get_dataset_info(dataset_info)
+    return dataset_info
+
+
+def build_net(name: str, dataset_info, widths: list[int] | None = None) -> nn.Sequential:
+    """The architecture ``name`` for a dataset (a :class:`vsbench.data.DatasetInfo` or its name).
+
+    ``widths`` overrides the number of units (channels / neurons) of each hidden layer.
+    """
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture '{name}' (known: {', '.join(ARCHS)})")
+    info = _info(dataset_info)
+    spec = ARCHS[name]
+    if widths is not None and len(widths) != len(spec):
+        raise ValueError(f"{name}: {len(widths)} widths given for {len(spec)} hidden layers")
+    c, h, w = info.in_shape
+    layers: list[dict] = [{"type": "normalize", "mean": list(info.mean), "std": list(info.std)}]
+    flat = False
+    for i, layer in enumerate(spec):
+        units = widths[i] if widths is not None else layer[1]
+        if layer[0] == "conv":
+            _, _, k, s, p = layer
+            layers.append({"type": "conv", "in": c, "out": units, "kernel": k, "stride": s, "padding": p})
+            c, h, w = units, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        else:
+            if not flat:
+                layers.append({"type": "flatten"})
+                c, flat = c * h * w, True
+            layers.append({"type": "linear", "in": c, "out": units})
+            c = units
+        layers.append({"type": "relu"})
+    if not flat:
+        layers.append({"type": "flatten"})
+        c = c * h * w
+    layers.append({"type": "linear", "in": c, "out": info.n_classes})
+    return build_from_layers(layers)
+
+
+def build_from_layers(layers: list[dict]) -> nn.Sequential:
+    """Inverse of :func:`describe_layers`; ``ValueError`` on an unknown or malformed entry."""
+    mods: list[nn.Module] = []
+    try:
+        for d in layers:
+            t = d["type"]
+            if t == "normalize":
+                mods.append(Normalize(d["mean"], d["std"]))
+            elif t == "conv":
+                mods.append(nn.Conv2d(int(d["in"]), int(d["out"]), int(d["kernel"]), int(d["stride"]),
+                                      int(d["padding"])))
+            elif t == "linear":
+                mods.append(nn.Linear(int(d["in"]), int(d["out"])))
+            elif t == "relu":
+                mods.append(nn.ReLU())
+            elif t == "flatten":
+                mods.append(nn.Flatten())
+            else:
+                raise ValueError(f"unknown layer type '{t}'")
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed layer description {exc!r}") from None
+    return nn.Sequential(*mods)
+
+
+def describe_layers(model: nn.Sequential) -> list[dict]:
+    """JSON-able list of the model's layers (sizes after any compaction)."""
+    out = []
+    for m in model:
+        if isinstance(m, Normalize):
+            out.append({"type": "normalize", "mean": m.mean.tolist(), "std": m.std.tolist()})
+        elif isinstance(m, nn.Conv2d):
+            out.append({"type": "conv", "in": m.in_channels, "out": m.out_channels, "kernel": m.kernel_size[0],
+                        "stride": m.stride[0], "padding": m.padding[0]})
+        elif isinstance(m, nn.Linear):
+            out.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+        elif isinstance(m, nn.ReLU):
+            out.append({"type": "relu"})
+        elif isinstance(m, nn.Flatten):
+            out.append({"type": "flatten"})
+        else:
+            raise ValueError(f"cannot describe layer {type(m).__name__}")
+    return out
+
+
+def hidden_widths(model: nn.Sequential) -> list[int]:
+    """Units of every Linear / Conv2d layer but the last."""
+    return [m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            for m in model if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
+
+
+def ibp_init_(model: nn.Module) -> nn.Module:
+    """IBP-friendly initialisation (Shi et al. 2021): w ~ N(0, 2*pi / fan_in^2), zero bias."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            nn.init.normal_(m.weight, std=math.sqrt(2 * math.pi) / fan_in)
+            nn.init.zeros_(m.bias)
+    return model

@@ -1,0 +1,263 @@
+"""The one certified-training loop (CROWN-IBP recipe) that every sparsifier runs its phases through.
+
+Loss per batch: ``kappa * CE(f(x), y) + (1 - kappa) * CE(-lb, y)`` where ``lb`` lower-bounds the
+margins ``f_y - f_j`` over the L-inf box of radius ``eps`` (clipped to [0, 1]) and is
+``beta * CROWN-IBP + (1 - beta) * IBP``. During ``warmup_epochs`` eps is 0 (natural training);
+then over ``ramp_epochs`` eps grows linearly to ``train_eps`` while kappa and beta move linearly
+from their start to their end values (Zhang et al. 2020).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from vsbench.bounds.graph import Conv, Graph, Linear, from_torch
+from vsbench.bounds.ibp import ibp_spec
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines one trained model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "mnist"
+    arch: str = "mlp-2x100"
+    method: str = "dense"
+    sparsity: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+    eps: float = Field(0.1, ge=0.0, description="test eps (pixel scale)")
+    train_eps: float | None = Field(None, ge=0.0, description="training eps; default: eps")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    lr_decay: Literal["none", "cosine"] = "none"
+    n_train: int | None = Field(None, ge=1, description="use the first n training images")
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    ramp_epochs: float = Field(1.0, ge=0.0)
+    kappa_start: float = Field(1.0, ge=0.0, le=1.0)
+    kappa_end: float = Field(0.0, ge=0.0, le=1.0)
+    beta_start: float = Field(1.0, ge=0.0, le=1.0)
+    beta_end: float = Field(0.0, ge=0.0, le=1.0)
+    bound: Literal["crown-ibp", "ibp"] = "crown-ibp"
+    init: Literal["default", "ibp"] = "default"
+    grad_clip: float = Field(10.0, gt=0.0)
+    eval_test: int = Field(1000, ge=0, description="test images for the final accuracy estimate")
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self):
+        from pydantic import ValidationError
+
+        from vsbench.data import DATASETS
+        from vsbench.nets import list_nets
+        from vsbench.train.methods import get_method
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset '{self.dataset}' (known: {', '.join(DATASETS)})")
+        if self.arch not in list_nets():
+            raise ValueError(f"unknown architecture '{self.arch}' (known: {', '.join(list_nets())})")
+        try:
+            get_method(self.method).Options(**self.method_options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"method_options for '{self.method}': {where}: {err['msg']}") from None
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        return self
+
+    @property
+    def eps_train(self) -> float:
+        return self.eps if self.train_eps is None else self.train_eps
+
+
+@dataclass
+class TrainResult:
+    model: nn.Sequential
+    phases: dict[str, float]  # wall seconds per phase
+    history: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """What a sparsifier's ``after_step`` hook sees."""
+
+    trainer: "Trainer"
+    optimizer: torch.optim.Optimizer
+    step: int  # within the phase, from 1
+    total_steps: int
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: float
+    kappa: float
+    beta: float
+
+    def weight_grads(self, model: nn.Module) -> list[torch.Tensor]:
+        """Gradient of the current loss w.r.t. every *effective* Linear / Conv2d weight, pruned
+        entries included (what RigL-style regrowth ranks); one per layer in forward order."""
+        loss, _, graph = self.trainer.loss(model, self.x, self.y, self.eps, self.kappa, self.beta)
+        weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))]
+        return list(torch.autograd.grad(loss, weights))
+
+
+def spec_matrix(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``C (B, n, n)`` with rows ``e_y - e_j`` (row ``y`` is zero)."""
+    eye = torch.eye(n_classes, device=y.device)
+    return eye[y].unsqueeze(1) - eye.unsqueeze(0)
+
+
+def margin_lower_bound(graph: Graph, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int,
+                       beta: float = 0.0) -> torch.Tensor:
+    """Lower bounds ``(B, n)`` of ``f_y - f_j`` over the box (IBP, mixed with CROWN-IBP by ``beta``)."""
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    C = spec_matrix(y, n_classes)
+    lb = ibp_spec(graph, lo, hi, C) if beta < 1 else 0.0
+    if beta > 0:
+        from vsbench.bounds.crown import crown_ibp_spec
+
+        lb = beta * crown_ibp_spec(graph, lo, hi, C) + (1 - beta) * lb
+    return lb
+
+
+class Trainer:
+    """Runs training phases on one dataset; methods call :meth:`fit` for each of their phases."""
+
+    def __init__(self, cfg: TrainConfig, images, labels, n_classes: int, device: torch.device,
+                 progress: Callable[[str, int, int], None] | None = None):
+        self.cfg, self.images, self.labels = cfg, images, labels
+        self.n_classes, self.device, self.progress = n_classes, device, progress
+        self.in_shape = tuple(images.shape[1:])
+        self.phases: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    # ------------------------------------------------------------------ loss
+
+    def loss(self, model, x, y, eps: float, kappa: float, beta: float):
+        """``(loss, stats, graph)``; the graph holds the live (differentiable) weights."""
+        graph = from_torch(model, self.in_shape)
+        logits = graph.forward(x)
+        nat = F.cross_entropy(logits, y)
+        stats = {"nat_loss": float(nat.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+        if eps == 0 or kappa >= 1:
+            return nat, stats, graph
+        beta = beta if self.cfg.bound == "crown-ibp" else 0.0
+        lb = margin_lower_bound(graph, x, y, eps, self.n_classes, beta)
+        rob = F.cross_entropy(-lb, y)
+        stats.update(rob_loss=float(rob.detach()), ver_acc=float((lb.detach().sort(1).values[:, 1] > 0).float().mean()))
+        return kappa * nat + (1 - kappa) * rob, stats, graph
+
+    def schedule(self, t: float, scale: float) -> tuple[float, float, float]:
+        """``(eps, kappa, beta)`` at epoch ``t`` of a phase whose schedule is scaled by ``scale``."""
+        c = self.cfg
+        warm, ramp = c.warmup_epochs * scale, c.ramp_epochs * scale
+        if t < warm:
+            return 0.0, c.kappa_start, c.beta_start
+        r = 1.0 if ramp == 0 else min(1.0, (t - warm) / ramp)
+        return (c.eps_train * r, c.kappa_start + r * (c.kappa_end - c.kappa_start),
+                c.beta_start + r * (c.beta_end - c.beta_start))
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, phase: str, model: nn.Module, epochs: int, hooks=None, params=None, ramp: bool = True):
+        """Train ``params`` (default: all trainable parameters) for ``epochs`` epochs.
+
+        ``ramp``: run the warm-up / eps-ramp schedule (scaled by ``epochs / cfg.epochs`` when the
+        phase is shorter than a full run); otherwise train at ``train_eps`` with the end values of
+        kappa and beta (fine-tuning phases). Wall time adds to ``phases[phase]``.
+        """
+        start = time.perf_counter()
+        c = self.cfg
+        model.to(self.device).train()
+        params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=c.lr)
+        n = len(self.labels)
+        per_epoch = math.ceil(n / c.batch_size)
+        total = max(1, epochs * per_epoch)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if c.lr_decay == "cosine" else None
+        scale = min(1.0, epochs / c.epochs)
+        step = 0
+        for epoch in range(epochs):
+            perm = torch.randperm(n, generator=self.generator)
+            sums: dict[str, float] = {}
+            for i in range(per_epoch):
+                idx = perm[i * c.batch_size:(i + 1) * c.batch_size]
+                x, y = self.images[idx].to(self.device), self.labels[idx].to(self.device)
+                t = epoch + i / per_epoch
+                eps, kappa, beta = self.schedule(t, scale) if ramp else (c.eps_train, c.kappa_end, c.beta_end)
+                loss, stats, _ = self.loss(model, x, y, eps, kappa, beta)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+                opt.step()
+                if sched:
+                    sched.step()
+                step += 1
+                if hooks is not None:
+                    hooks.after_step(model, Step(self, opt, step, total, x, y, eps, kappa, beta))
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if self.progress:
+                    self.progress(phase, step, total)
+            if hooks is not None:
+                hooks.at_epoch_end(model, epoch)
+            row = {"phase": phase, "epoch": epoch, "eps": eps, **{k: v / per_epoch for k, v in sums.items()}}
+            self.history.append(row)
+            log.info("%s", row)
+        self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
+        return model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], None] | None = None) -> TrainResult:
+    """Train one model as ``cfg`` says; the method runs its phases through one :class:`Trainer`."""
+    from vsbench.data import get_dataset_info, load_dataset
+    from vsbench.nets import build_net, ibp_init_
+    from vsbench.train.evaluate import evaluate, verified_accuracy
+    from vsbench.train.methods import get_method
+    from vsbench.train.sparsity import flops, nonzero_params, nonzero_weights, prunable
+
+    torch.manual_seed(cfg.seed)
+    ds = get_dataset_info(cfg.dataset)
+    images, labels = load_dataset(cfg.dataset, "train", data_dir, cfg.n_train)
+    device = pick_device(cfg.device)
+    model = build_net(cfg.arch, ds).to(device)
+    if cfg.init == "ibp":
+        ibp_init_(model)
+    dense_weights = sum(m.weight.numel() for m in prunable(model))
+    method_cls = get_method(cfg.method)
+    method = method_cls(method_cls.Options(**cfg.method_options))
+    trainer = Trainer(cfg, images.to(device), labels.to(device), ds.n_classes, device, progress)
+    model = method.run(trainer, model).cpu().eval()
+
+    info: dict[str, Any] = {
+        "in_shape": list(trainer.in_shape),
+        "layer_sizes": [m.weight.shape[0] for m in prunable(model)],
+        "target_sparsity": cfg.sparsity,
+        "sparsity": 1.0 - nonzero_weights(model) / dense_weights,
+        "nonzero_params": nonzero_params(model),
+        "flops": flops(model, trainer.in_shape),
+    }
+    if cfg.eval_test:
+        tx, ty = load_dataset(cfg.dataset, "test", data_dir, cfg.eval_test)
+        info.update(test_n=len(ty), test_clean_acc=evaluate(model, tx, ty),
+                    test_ibp_verified_acc=verified_accuracy(model, tx, ty, cfg.eps, "ibp"))
+    return TrainResult(model, dict(trainer.phases), trainer.history, info)
