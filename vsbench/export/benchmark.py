@@ -1,0 +1,140 @@
+"""VNN-COMP benchmark folders: ``onnx/``, ``vnnlib/``, ``instances.csv`` (+ ``properties.json``).
+
+``instances.csv`` rows are ``onnx,vnnlib,timeout`` with paths relative to the folder. A model gets
+a row only for the images it classifies correctly; the others are listed in ``misclassified.json``
+(verified accuracy counts them as failures).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vsbench.export.onnx import export_onnx, run_onnx
+from vsbench.export.vnnlib import robustness_property, write_vnnlib
+from vsbench.verify.api import Instance
+
+
+class BenchmarkError(ValueError):
+    """A benchmark folder or ``instances.csv`` that cannot be used; the message names the file."""
+
+
+def choose_indices(n_test: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct test-set indices drawn by ``seed`` (a larger ``n`` extends a smaller one)."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(n_test)[:n]]
+
+
+def _pixels(images, i: int) -> np.ndarray:
+    x = images[i]
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+
+
+def property_name(index: int, eps: float) -> str:
+    return f"prop_{index}_eps{eps:g}.vnnlib"
+
+
+def write_benchmark(out_dir: str | Path, models: dict, images, labels, indices, eps: float, timeout: float,
+                    meta: dict | None = None) -> list[Instance]:
+    """Write a VNN-COMP folder for ``models`` (name -> (nn.Module, in_shape)) on test images ``indices``.
+
+    ``images`` are in pixel scale [0, 1] (uint8 is divided by 255); one property per image, shared
+    by all models. Returns the instances, as ``read_instances`` would.
+    """
+    out = Path(out_dir)
+    props = {i: (_pixels(images, i), int(labels[i]), f"vnnlib/{property_name(i, eps)}") for i in indices}
+    onnx_files = {name: export_onnx(model, tuple(shape), out / "onnx" / f"{name}.onnx")
+                  for name, (model, shape) in sorted(models.items())}
+    rows, wrong, written = [], {}, set()
+    for name, path in onnx_files.items():
+        wrong[name] = []
+        for i, (x, label, vnn_rel) in props.items():
+            y = run_onnx(path, x)
+            if vnn_rel not in written:
+                prop = robustness_property(x, label, eps, y.size)
+                write_vnnlib(out / vnn_rel, prop, f"vsbench local robustness: test image {i}, label {label}, "
+                                                  f"L-inf eps {eps:g} clipped to [0, 1]")
+                written.add(vnn_rel)
+            if int(np.argmax(y)) == label:
+                rows.append((f"onnx/{name}.onnx", vnn_rel, timeout))
+            else:
+                wrong[name].append(i)
+    info = {"eps": eps, "timeout": timeout, "indices": [int(i) for i in indices], "meta": meta or {},
+            "properties": {rel: {"property": int(i), "label": label, "eps": eps}
+                           for i, (_, label, rel) in props.items()}}
+    _write_text(out / "properties.json", json.dumps(info, indent=1) + "\n")
+    _write_text(out / "misclassified.json", json.dumps(wrong, indent=1) + "\n")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows((o, v, f"{t:g}") for o, v, t in rows)
+    _write_text(out / "instances.csv", buf.getvalue())
+    return read_instances(out)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _instances_csv(root: Path) -> Path:
+    if (root / "instances.csv").is_file():
+        return root / "instances.csv"
+    found = sorted(root.glob("*instances.csv"))
+    if len(found) != 1:
+        raise BenchmarkError(f"{root}: no instances.csv (not a VNN-COMP benchmark folder)"
+                             if not found else f"{root}: several *instances.csv files: {[f.name for f in found]}")
+    return found[0]
+
+
+def _inside(root: Path, rel: str, csv_path: Path, line: int) -> Path:
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise BenchmarkError(f"{csv_path}:{line}: path {rel!r} must be relative and stay inside the folder")
+    full = root / p
+    if not full.resolve().is_relative_to(root.resolve()):
+        raise BenchmarkError(f"{csv_path}:{line}: path {rel!r} leaves the folder (through a link)")
+    if not full.is_file():
+        raise BenchmarkError(f"{csv_path}:{line}: file {rel!r} does not exist")
+    return full
+
+
+def read_instances(bench_dir: str | Path) -> list[Instance]:
+    """Instances of a VNN-COMP folder's ``instances.csv`` (or its one ``*instances.csv``).
+
+    Paths must be relative and stay inside the folder and the files must exist; timeouts must be
+    positive. Meta (model, property, label, eps) comes from ``properties.json`` when present.
+    """
+    root = Path(bench_dir)
+    if not root.is_dir():
+        raise BenchmarkError(f"{root}: benchmark folder does not exist")
+    path = _instances_csv(root)
+    props = {}
+    if (root / "properties.json").is_file():
+        try:
+            props = json.loads((root / "properties.json").read_text())["properties"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BenchmarkError(f"{root / 'properties.json'}: unreadable ({exc})") from None
+    out = []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.reader(f), 1):
+            row = [c.strip() for c in row]
+            if not any(row):
+                continue
+            if len(row) != 3:
+                raise BenchmarkError(f"{path}:{line}: expected 3 columns (onnx, vnnlib, timeout), got {len(row)}")
+            try:
+                timeout = float(row[2])
+            except ValueError:
+                raise BenchmarkError(f"{path}:{line}: timeout {row[2]!r} is not a number") from None
+            if not timeout > 0 or timeout == float("inf"):
+                raise BenchmarkError(f"{path}:{line}: timeout must be positive and finite, got {row[2]}")
+            onnx, vnnlib = _inside(root, row[0], path, line), _inside(root, row[1], path, line)
+            meta = {"model": Path(row[0]).stem.removesuffix(".onnx"), **props.get(row[1], {})}
+            out.append(Instance(onnx, vnnlib, timeout, meta))
+    return out
+

@@ -1,0 +1,44 @@
+"""Verifiers by name: ``get_verifier("builtin")``; ``vnncomp:DIR`` runs a VNN-COMP tool folder.
+
+Factories are imported lazily so that a missing optional tool only matters when it is asked for.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .api import Verifier
+
+# name -> "module:attribute" of a zero-argument factory (usually the class)
+VERIFIERS: dict[str, str] = {
+    "builtin": "vsbench.verify.builtin:BuiltinVerifier",
+    "marabou": "vsbench.verify.external:MarabouVerifier",
+    "abcrown": "vsbench.verify.external:AbcrownVerifier",
+}
+# prefix -> "module:attribute" of a one-argument factory taking what follows the prefix
+PREFIXES: dict[str, str] = {
+    "vnncomp:": "vsbench.verify.external:VnncompVerifier",
+}
+
+
+def _load(target: str, name: str):
+    module, attr = target.split(":")
+    try:
+        return getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"verifier {name!r} is not available in this installation ({exc})") from None
+
+
+def get_verifier(name: str) -> Verifier:
+    """A new verifier for ``name``; unknown names raise ``ValueError`` listing the choices."""
+    if name in VERIFIERS:
+        return _load(VERIFIERS[name], name)()
+    for prefix, target in PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return _load(target, name)(name[len(prefix):])
+    raise ValueError(f"unknown verifier {name!r}; choices: {', '.join(list_verifiers())}")
+
+
+def list_verifiers() -> list[str]:
+    """Names ``get_verifier`` accepts (prefixed forms shown as ``vnncomp:DIR``)."""
+    return list(VERIFIERS) + [p + "DIR" for p in PREFIXES]
