@@ -1,0 +1,126 @@
+"""The Ray runner end to end: real Ray, real onnxruntime, the built-in verifier on VNN-COMP mnistfc."""
+
+import csv
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray
+
+from vsbench.export.benchmark import read_instances
+from vsbench.export.onnx import run_onnx
+from vsbench.export.vnnlib import read_vnnlib
+from vsbench.store import read_records
+from vsbench.verify.api import Verdict
+from vsbench.verify.runner import init_ray, run_verification
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the test verifiers by value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    if not ray.is_initialized():
+        init_ray(2)
+        yield
+        ray.shutdown()
+    else:
+        yield
+
+
+@pytest.fixture(scope="module")
+def mnistfc(mnistfc_dir):
+    want = ["prop_2_0.05.vnnlib", "prop_7_0.03.vnnlib", "prop_0_0.03.vnnlib"]
+    inst = {i.vnnlib.name: i for i in read_instances(mnistfc_dir) if i.onnx.name == "mnist-net_256x2.onnx"}
+    with open(mnistfc_dir / "reference_verdicts.csv") as f:
+        ref = {r["vnnlib"]: r["verdict"] for r in csv.DictReader(f) if r["onnx"] == "mnist-net_256x2.onnx"}
+    return [inst[w] for w in want], ref
+
+
+def test_builtin_matches_reference_and_resumes(tmp_path, mnistfc):
+    instances, ref = mnistfc
+    seen = []
+    recs = run_verification(instances, "builtin", tmp_path, workers=2, timeout_cap=60,
+                            progress=lambda *a: seen.append(a))
+    assert [r["vnnlib"] for r in recs] == [str(i.vnnlib) for i in instances]
+    assert seen[-1] == ("verify", 3, 3)
+    for r in recs:
+        assert r["status"] in ("sat", "unsat", "timeout")
+        if r["status"] in ("sat", "unsat"):
+            assert r["status"] == ref[os.path.basename(r["vnnlib"])]
+        assert r["cex_checked"] == (r["status"] == "sat") and r["verifier"] == "builtin"
+        assert r["model"] == "mnist-net_256x2" and r["versions"]["onnxruntime"] and r["timeout"] == 60
+    sat = next(r for r in recs if r["status"] == "sat")
+    inst = next(i for i in instances if str(i.vnnlib) == sat["vnnlib"])
+    x = np.array(sat["cex"])
+    assert read_vnnlib(inst.vnnlib).violated_by(x, run_onnx(inst.onnx, x))
+    assert sum(r["status"] in ("sat", "unsat") for r in recs) >= 2
+
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    start = time.monotonic()
+    again = run_verification(instances, "builtin", tmp_path, workers=2, timeout_cap=60)
+    assert again == recs and (tmp_path / "records.jsonl").read_text().splitlines() == lines
+    assert time.monotonic() - start < 5
+
+
+class Hang:
+    name = "hang"
+
+    def available(self):
+        return True, ""
+
+    def verify(self, instance, timeout):
+        while True:  # ignores its timeout, like a stuck solver
+            time.sleep(0.1)
+
+
+class Crash(Hang):
+    name = "crash"
+
+    def verify(self, instance, timeout):
+        os._exit(3)  # the worker process dies mid-instance
+
+
+class Raise(Hang):
+    name = "raise"
+
+    def verify(self, instance, timeout):
+        raise ArithmeticError("solver blew up")
+
+
+class Center(Hang):
+    """A real (incomplete) falsifier: the box center and corners in onnxruntime; claims sat at the center."""
+
+    name = "center"
+
+    def verify(self, instance, timeout):
+        (r,) = read_vnnlib(instance.vnnlib).regions
+        x = (r.lower + r.upper) / 2
+        return Verdict("sat", 0.01, cex=x, log="claimed at the box center")
+
+
+def test_hanging_verifier_is_stopped(tmp_path, mnistfc):
+    start = time.monotonic()
+    (rec,) = run_verification(mnistfc[0][:1], Hang, tmp_path, timeout_cap=1, grace_s=1)
+    assert rec["status"] == "timeout" and 2 <= rec["time_s"] < 15 and "stopped by the runner" in rec["log"]
+    assert time.monotonic() - start < 30
+
+
+def test_dead_worker_retried_then_error(tmp_path, mnistfc):
+    (rec,) = run_verification(mnistfc[0][:1], Crash, tmp_path, timeout_cap=20)
+    assert rec["status"] == "error" and rec["attempts"] == 2 and "worker died 2 times" in rec["log"]
+    (rec,) = run_verification(mnistfc[0][:1], Raise, tmp_path, timeout_cap=20)
+    assert rec["status"] == "error" and rec["attempts"] == 1 and "solver blew up" in rec["log"]
+    assert len(read_records(tmp_path / "records.jsonl")) == 2
+
+
+def test_wrong_counterexample_downgraded(tmp_path, mnistfc):
+    robust = mnistfc[0][0]  # unsat: no point of the box violates it
+    (rec,) = run_verification([robust], Center, tmp_path, timeout_cap=20)
+    assert rec["status"] == "unknown" and not rec["cex_checked"] and "downgraded" in rec["log"]
+
+
+def test_unknown_verifier(tmp_path, mnistfc):
+    with pytest.raises(ValueError, match="unknown verifier 'nope'; choices: builtin"):
+        run_verification(mnistfc[0][:1], "nope", tmp_path)

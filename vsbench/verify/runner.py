@@ -1,0 +1,195 @@
+"""Run verification instances as Ray tasks: driver-enforced timeouts, retries, resume, checked counterexamples.
+
+The driver owns all files: workers only compute a verdict. Each finished instance is appended to
+``out_dir/records.jsonl`` at once (flush + fsync), so a killed run resumes where it stopped; the
+key of a record is ONNX path + VNN-LIB path + verifier name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vsbench.store import append_record, host, read_records, record_key, versions
+from vsbench.verify.api import Instance, Verdict
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills the task
+LOG_CHARS = 4000
+
+
+def init_ray(workers: int | None = None, ray_address: str | None = None) -> None:
+    """Start (or join) Ray once: ``ray_address`` / ``RAY_ADDRESS`` joins a cluster, else a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=workers or os.cpu_count(), log_to_driver=False, include_dashboard=False,
+                 logging_level=logging.WARNING)
+
+
+def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
+    """Runs in a Ray worker: build the verifier and decide one instance."""
+    import resource
+
+    import torch
+
+    from vsbench.verify.registry import get_verifier
+
+    torch.set_num_threads(1)
+    v = get_verifier(verifier) if isinstance(verifier, str) else verifier()
+    ok, reason = v.available()
+    if not ok:
+        return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    start = time.monotonic()
+    try:
+        if memory_mb:  # soft limit only, restored below: Ray reuses worker processes
+            limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        verdict: Verdict = v.verify(instance, timeout)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "memory" not in str(exc):
+            raise
+        return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
+    return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
+            "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log}
+
+
+def check_counterexample(instance: Instance, cex, cache: dict | None = None) -> tuple[np.ndarray | None, str]:
+    """Re-run ``cex`` (clipped to each input box) in onnxruntime; the point if it violates the property."""
+    from vsbench.export.onnx import run_onnx
+    from vsbench.export.vnnlib import read_vnnlib
+
+    cache = {} if cache is None else cache
+    key = str(instance.vnnlib)
+    if key not in cache:
+        cache[key] = read_vnnlib(instance.vnnlib)
+    prop = cache[key]
+    x = np.asarray(cex, dtype=np.float64).ravel()
+    if x.size != prop.regions[0].lower.size:
+        return None, f"counterexample has {x.size} inputs, the property {prop.regions[0].lower.size}"
+    for region in prop.regions:
+        xc = np.clip(x, region.lower, region.upper)
+        y = run_onnx(instance.onnx, xc)
+        if prop.violated_by(xc, y):
+            return xc, ""
+    return None, "counterexample does not violate the property in onnxruntime"
+
+
+def _verifier_name(verifier) -> str:
+    return verifier if isinstance(verifier, str) else getattr(verifier, "name", verifier.__name__)
+
+
+def run_verification(instances: list[Instance], verifier_name, out_dir: str | Path, workers: int | None = None,
+                     ray_address: str | None = None, timeout_cap: float | None = None,
+                     progress: Callable[[str, int, int], None] | None = None,
+                     memory_mb: int | None = None, retries: int = 1, grace_s: float = GRACE_S) -> list[dict]:
+    """Verify ``instances`` with Ray; returns their records (earlier ones from ``out_dir`` included).
+
+    ``verifier_name`` is a registry name or a zero-argument verifier factory (picklable by Ray).
+    The driver stops a task ``grace_s`` after its timeout (status ``timeout``), retries a task whose
+    worker died ``retries`` times before recording ``error``, and downgrades a ``sat`` whose
+    counterexample fails in onnxruntime to ``unknown``. ``memory_mb`` caps each task's heap.
+    """
+    import ray
+
+    name = _verifier_name(verifier_name)
+    if isinstance(verifier_name, str):
+        from vsbench.verify.registry import get_verifier
+
+        get_verifier(verifier_name)  # an unknown name fails here, once, not in every task
+    path = Path(out_dir) / "records.jsonl"
+    keep = {record_key(r): r for r in read_records(path) if "status" in r}
+    key = {id(i): f"{i.onnx}::{i.vnnlib}::{name}" for i in instances}
+    todo = [i for i in instances if key[id(i)] not in keep]
+    total, done = len(instances), len(instances) - len(todo)
+    if progress:
+        progress("verify", done, total)
+    if todo:
+        init_ray(workers, ray_address)
+        capacity = max(1, min(int(ray.cluster_resources().get("CPU", 1)), workers or 10**6))
+        task = ray.remote(num_cpus=1, max_retries=0)(_verify_task)
+        common = {"verifier": name, "versions": versions(), "host": host()}
+        cex_cache: dict = {}
+        queue = list(todo)
+        running: dict = {}  # ref -> (instance, timeout, started, attempt)
+
+        def submit(inst: Instance, attempt: int) -> None:
+            t = min(inst.timeout, timeout_cap) if timeout_cap else inst.timeout
+            running[task.remote(verifier_name, inst, t, memory_mb)] = (inst, t, time.monotonic(), attempt)
+
+        while queue or running:
+            while queue and len(running) < capacity:
+                submit(queue.pop(0), 1)
+            now = time.monotonic()
+            wait_s = max(0.0, min(s + t + grace_s for _, t, s, _ in running.values()) - now)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=min(wait_s, 1.0))
+            for ref in ready:
+                inst, t, started, attempt = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the verifier raised
+                    result = {"status": "error", "time_s": time.monotonic() - started,
+                              "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
+                except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
+                    if attempt <= retries:
+                        log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
+                        submit(inst, attempt + 1)
+                        continue
+                    result = {"status": "error", "time_s": time.monotonic() - started,
+                              "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
+                keep[key[id(inst)]] = _finish(path, inst, t, attempt, result, common, cex_cache)
+                done += 1
+            now = time.monotonic()
+            for ref, (inst, t, started, attempt) in list(running.items()):
+                if now > started + t + grace_s:
+                    ray.cancel(ref, force=True)
+                    del running[ref]
+                    result = {"status": "timeout", "time_s": now - started,
+                              "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"}
+                    keep[key[id(inst)]] = _finish(path, inst, t, attempt, result, common, cex_cache)
+                    done += 1
+            if progress:
+                progress("verify", done, total)
+    return [keep[key[id(i)]] for i in instances]
+
+
+def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: dict, common: dict,
+            cex_cache: dict) -> dict:
+    """Check a ``sat``, build the record and append it to ``records.jsonl``."""
+    status, note, cex = result["status"], "", None
+    if status == "sat":
+        if result.get("cex") is None:
+            status, note = "unknown", "sat without a counterexample: downgraded to unknown"
+        else:
+            try:
+                cex, why = check_counterexample(inst, result["cex"], cex_cache)
+            except Exception as exc:  # unreadable file, onnxruntime failure: the sat cannot be trusted
+                cex, why = None, f"check failed ({type(exc).__name__}: {exc})"
+            if cex is None:
+                status, note = "unknown", f"{why}: downgraded to unknown"
+    record = {
+        **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "verifier": common["verifier"],
+        "status": status, "time_s": round(float(result["time_s"]), 4), "timeout": timeout,
+        "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
+        "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
+        "cex": None if cex is None else cex.tolist(),
+        "versions": common["versions"], "host": common["host"],
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    append_record(path, record)
+    return record
