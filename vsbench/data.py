@@ -154,9 +154,14 @@ def _locate(info: DatasetInfo, file: str, root: Path, may_download: bool) -> Pat
     raise DataError(f"{info.name}: missing {file} in {where}; {FIX}")
 
 
-@lru_cache(maxsize=8)
 def read_idx(path: Path) -> np.ndarray:
     """uint8 array of a gzip-compressed IDX file; :class:`DataError` naming the file if corrupt."""
+    st = Path(path).stat()
+    return _read_idx(Path(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=8)
+def _read_idx(path: Path, mtime_ns: int, size: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
