@@ -89,6 +89,13 @@ class Raise(Hang):
         raise ArithmeticError("solver blew up")
 
 
+class Hog(Hang):
+    name = "hog"
+
+    def verify(self, instance, timeout):
+        np.ones(3 * 2**30 // 8)  # 3 GiB
+
+
 class Center(Hang):
     """A real (incomplete) falsifier: the box center and corners in onnxruntime; claims sat at the center."""
 
@@ -113,6 +120,11 @@ def test_dead_worker_retried_then_error(tmp_path, mnistfc):
     (rec,) = run_verification(mnistfc[0][:1], Raise, tmp_path, timeout_cap=20)
     assert rec["status"] == "error" and rec["attempts"] == 1 and "solver blew up" in rec["log"]
     assert len(read_records(tmp_path / "records.jsonl")) == 2
+
+
+def test_memory_limit(tmp_path, mnistfc):
+    (rec,) = run_verification(mnistfc[0][:1], Hog, tmp_path, timeout_cap=20, memory_mb=1500)
+    assert rec["status"] == "error" and rec["log"].startswith("error: out of memory")
 
 
 def test_wrong_counterexample_downgraded(tmp_path, mnistfc):
