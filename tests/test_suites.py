@@ -28,7 +28,7 @@ def test_all_five_methods_in_every_suite():
     (("sparsity: [0.8]", "sparsity: [1.2]"), "sparsity"),
     (("archs: [mlp-2x100]", "archs: [resnet-9000]"), "unknown architecture 'resnet-9000'"),
     (("dataset: mnist", "dataset: cifar-1000"), "unknown dataset 'cifar-1000'"),
-    (("properties: 3", "properties: -1"), "properties"),
+    (("properties: 5", "properties: -1"), "properties"),
 ])
 def test_invalid_values_name_the_file(tmp_path, mutation, needle):
     from vsbench.suites import SPECS_DIR

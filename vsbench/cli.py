@@ -20,8 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Verification-centric benchmarking of sparse, certified-robust neural networks.",
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000)
 log = logging.getLogger("vsbench")
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
@@ -169,7 +169,7 @@ def verify(
     """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
     from vsbench.export.benchmark import read_instances
     from vsbench.report.tables import benchmark_summary
-    from vsbench.pipeline import progress_bar
+    from vsbench.pipeline import check_inputs, progress_bar
     from vsbench.verify.runner import run_verification
 
     import pandas as pd
@@ -179,6 +179,7 @@ def verify(
         instances = [i for i in instances if filter in str(i.onnx) or filter in str(i.vnnlib)]
         if not instances:
             raise ValueError(f"{benchmark_dir}: no instance matches --filter {filter!r}")
+    check_inputs(instances)
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:
         records = run_verification(instances, verifier, out, workers=workers, ray_address=ray_address,

@@ -234,6 +234,24 @@ def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str 
                                 workers=workers, ray_address=ray_address, progress=progress)
 
 
+def check_inputs(instances) -> None:
+    """Fail early, naming the file, if an ONNX model or VNN-LIB property cannot be read at all.
+
+    Models that load but use unsupported operators are left to the verifier (an `error` record).
+    """
+    import onnx
+
+    from vsbench.export.vnnlib import read_vnnlib
+
+    for path in sorted({Path(i.onnx) for i in instances}):
+        try:
+            onnx.load(str(path))
+        except Exception as exc:  # protobuf DecodeError, OSError, ...: all mean "not an ONNX model"
+            raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    for path in sorted({Path(i.vnnlib) for i in instances}):
+        read_vnnlib(path)
+
+
 def write_report(run_dir: Path):
     """Tables (CSV / Markdown / LaTeX) and plots from the run's records; returns the summary."""
     from vsbench.report.plots import write_plots

@@ -1,0 +1,79 @@
+"""End to end: `vsbench run --suite smoke` trains, exports, verifies with Ray and writes the tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vsbench.report.tables import COLUMNS
+from vsbench.store import read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = {"dense", "verisparse", "verisparse-structured", "hydra", "prune-after"}
+
+
+def vsbench(*args):
+    return subprocess.run([sys.executable, "-m", "vsbench.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = vsbench("run", "--suite", "smoke", "--profile", "quick", "--out", out, "--workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.slow
+def test_smoke_summary_has_all_methods(smoke_run):
+    out, result = smoke_run
+    assert "suite smoke, profile quick" in result.stdout
+    table = pd.read_csv(out / "tables" / "summary.csv")
+    assert list(table.columns) == COLUMNS
+    assert set(table["method"]) == METHODS
+    for ext in ("md", "tex"):
+        assert (out / "tables" / f"summary.{ext}").stat().st_size > 0
+    assert (out / "plots" / "verified_acc_vs_sparsity.png").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_and_records(smoke_run):
+    out, _ = smoke_run
+    bench = out / "benchmark"
+    rows = (bench / "instances.csv").read_text().splitlines()
+    assert rows and all(len(r.split(",")) == 3 for r in rows)
+    models = read_records(out / "models.jsonl")
+    assert {m["method"] for m in models} == METHODS
+    for m in models:
+        assert (bench / "onnx" / f"{m['model']}.onnx").is_file()
+        assert m["nonzero_params"] <= m["params"]
+        if m["sparsity"] > 0:
+            assert m["nonzero_params"] < m["params"]
+    records = read_records(out / "records.jsonl")
+    assert len(records) == len(rows)
+    for r in records:
+        assert r["status"] in {"sat", "unsat", "timeout", "unknown", "error"}
+        assert r["status"] != "error", r
+        assert r["model"] and r["method"] in METHODS
+        if r["status"] == "sat":
+            assert r["cex_checked"] is True
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_report_rebuilds(smoke_run):
+    out, _ = smoke_run
+    before = (out / "records.jsonl").read_text()
+    again = vsbench("run", "--suite", "smoke", "--profile", "quick", "--out", out, "--workers", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "records.jsonl").read_text() == before
+    table = (out / "tables" / "summary.csv").read_text()
+    (out / "tables" / "summary.csv").unlink()
+    rep = vsbench("report", out)
+    assert rep.returncode == 0, rep.stderr
+    assert (out / "tables" / "summary.csv").read_text() == table
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["profile"] == "quick"
