@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from vsbench.bounds.graph import from_onnx
-from vsbench.export.benchmark import BenchmarkError, choose_indices, read_instances, write_benchmark
+from vsbench.export.benchmark import BenchmarkError, choose_indices, read_instances, regenerate, write_benchmark
 from vsbench.export.onnx import ExportError, export_onnx, onnx_stats, run_onnx
 from vsbench.export.vnnlib import read_vnnlib
 
@@ -71,11 +73,11 @@ def test_export_mismatch_is_an_error(tmp_path):
         export_onnx(nn.Sequential(nn.Flatten(), Noisy()), (4,), tmp_path / "noisy.onnx")
 
 
-def mnist_test(data_dir, n=200):
+def mnist_test(data_dir):
     with gzip.open(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
     with gzip.open(data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
     return images, labels
 
 
@@ -98,7 +100,7 @@ def test_benchmark_folder(tmp_path, data_dir):
     assert len(set(idx)) == 12 and idx != choose_indices(len(labels), 12, seed=4)
     out = tmp_path / "bench"
     inst = write_benchmark(out, {"good": (good, (1, 28, 28)), "bad": (bad, (1, 28, 28))},
-                           images, labels, idx, 0.02, 30, {"suite": "t"})
+                           images, labels, idx, 0.02, 30, {"suite": "t", "dataset": "mnist", "property_seed": 3})
     x = torch.tensor(images[idx] / 255.0, dtype=torch.float32)
     right = {m: [i for i, p in zip(idx, net(x).argmax(1).tolist()) if p == labels[i]]
              for m, net in (("good", good), ("bad", bad))}
@@ -117,6 +119,11 @@ def test_benchmark_folder(tmp_path, data_dir):
     (r,) = read_vnnlib(first.vnnlib, 784, 10).regions
     pix = images[first.meta["property"]].ravel() / 255.0
     assert np.allclose(r.lower, np.clip(pix - 0.02, 0, 1)) and np.allclose(r.upper, np.clip(pix + 0.02, 0, 1))
+
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".onnx"}
+    assert regenerate(out, 4) != inst and (out / "instances.csv").read_bytes() != files[out / "instances.csv"]
+    subprocess.run([sys.executable, "generate_properties.py", "3"], cwd=out, check=True, timeout=120)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".onnx"} == files
 
 
 def test_read_mnistfc(mnistfc_dir):

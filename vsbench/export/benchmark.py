@@ -1,4 +1,4 @@
-"""VNN-COMP benchmark folders: ``onnx/``, ``vnnlib/``, ``instances.csv`` (+ ``properties.json``).
+"""VNN-COMP benchmark folders: ``onnx/``, ``vnnlib/``, ``instances.csv``, ``generate_properties.py``.
 
 ``instances.csv`` rows are ``onnx,vnnlib,timeout`` with paths relative to the folder. A model gets
 a row only for the images it classifies correctly; the others are listed in ``misclassified.json``
@@ -32,7 +32,9 @@ def choose_indices(n_test: int, n: int, seed: int) -> list[int]:
 def _pixels(images, i: int) -> np.ndarray:
     x = images[i]
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    return x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / np.float32(255)  # as the float32 model input (and vsbench.data) has it
+    return x.astype(np.float64)
 
 
 def property_name(index: int, eps: float) -> str:
@@ -43,15 +45,28 @@ def write_benchmark(out_dir: str | Path, models: dict, images, labels, indices, 
                     meta: dict | None = None) -> list[Instance]:
     """Write a VNN-COMP folder for ``models`` (name -> (nn.Module, in_shape)) on test images ``indices``.
 
-    ``images`` are in pixel scale [0, 1] (uint8 is divided by 255); one property per image, shared
-    by all models. Returns the instances, as ``read_instances`` would.
+    ``images`` are in pixel scale [0, 1] (uint8 is divided by 255 in float32); one property per image, shared
+    by all models. ``meta`` (suite, dataset, property_seed, ...) is kept in ``properties.json``.
+    Returns the instances, as ``read_instances`` would.
     """
     out = Path(out_dir)
-    props = {i: (_pixels(images, i), int(labels[i]), f"vnnlib/{property_name(i, eps)}") for i in indices}
-    onnx_files = {name: export_onnx(model, tuple(shape), out / "onnx" / f"{name}.onnx")
-                  for name, (model, shape) in sorted(models.items())}
+    for name, (model, shape) in sorted(models.items()):
+        export_onnx(model, tuple(shape), out / "onnx" / f"{name}.onnx")
+    _write_text(out / "generate_properties.py", GENERATE_PROPERTIES)
+    return write_properties(out, sorted(models), images, labels, indices, eps, timeout, meta)
+
+
+def write_properties(out_dir: str | Path, names: list[str], images, labels, indices, eps: float, timeout: float,
+                     meta: dict | None = None) -> list[Instance]:
+    """(Re)write ``vnnlib/``, ``instances.csv``, ``misclassified.json``, ``properties.json`` for ``onnx/<names>``."""
+    out = Path(out_dir)
+    (out / "vnnlib").mkdir(parents=True, exist_ok=True)
+    for old in (out / "vnnlib").glob("prop_*.vnnlib"):
+        old.unlink()
+    props = {int(i): (_pixels(images, i), int(labels[i]), f"vnnlib/{property_name(i, eps)}") for i in indices}
     rows, wrong, written = [], {}, set()
-    for name, path in onnx_files.items():
+    for name in names:
+        path = out / "onnx" / f"{name}.onnx"
         wrong[name] = []
         for i, (x, label, vnn_rel) in props.items():
             y = run_onnx(path, x)
@@ -64,15 +79,44 @@ def write_benchmark(out_dir: str | Path, models: dict, images, labels, indices, 
                 rows.append((f"onnx/{name}.onnx", vnn_rel, timeout))
             else:
                 wrong[name].append(i)
-    info = {"eps": eps, "timeout": timeout, "indices": [int(i) for i in indices], "meta": meta or {},
-            "properties": {rel: {"property": int(i), "label": label, "eps": eps}
-                           for i, (_, label, rel) in props.items()}}
+    info = {"eps": eps, "timeout": timeout, "n": len(props), "indices": list(props), "meta": meta or {},
+            "properties": {rel: {"property": i, "label": label, "eps": eps} for i, (_, label, rel) in props.items()}}
     _write_text(out / "properties.json", json.dumps(info, indent=1) + "\n")
     _write_text(out / "misclassified.json", json.dumps(wrong, indent=1) + "\n")
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows((o, v, f"{t:g}") for o, v, t in rows)
     _write_text(out / "instances.csv", buf.getvalue())
     return read_instances(out)
+
+
+def regenerate(bench_dir: str | Path, seed: int, data_dir: str | Path | None = None) -> list[Instance]:
+    """Redraw the folder's properties with ``seed`` (same dataset, count, eps, timeout and models)."""
+    from vsbench.data import load_dataset
+
+    out = Path(bench_dir)
+    try:
+        info = json.loads((out / "properties.json").read_text())
+        dataset, n, eps, timeout = info["meta"].get("dataset", "mnist"), info["n"], info["eps"], info["timeout"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BenchmarkError(f"{out / 'properties.json'}: missing or unreadable ({exc})") from None
+    images, labels = load_dataset(dataset, "test", data_dir)
+    names = sorted(p.stem for p in (out / "onnx").glob("*.onnx"))
+    return write_properties(out, names, images, labels, choose_indices(len(labels), n, seed), eps, timeout,
+                            {**info["meta"], "property_seed": seed})
+
+
+GENERATE_PROPERTIES = '''"""Regenerate this benchmark's VNN-LIB properties and instances.csv (VNN-COMP convention).
+
+Usage: python generate_properties.py SEED   (needs vsbench installed and the dataset: VSBENCH_DATA)
+"""
+import sys
+from pathlib import Path
+
+from vsbench.export.benchmark import regenerate
+
+if __name__ == "__main__":
+    regenerate(Path(__file__).resolve().parent, int(sys.argv[1]))
+'''
 
 
 def _write_text(path: Path, text: str) -> None:
