@@ -122,7 +122,11 @@ def train_config(ctx: RunContext, job: Job):
 
 def train_models(ctx: RunContext, workers: int | None = None, ray_address: str | None = None) -> None:
     """Train every job whose model folder has no manifest yet (Ray tasks; the driver saves)."""
+    from vsbench.data import load_dataset
+
     todo = [j for j in ctx.jobs() if not (ctx.models_dir / j.name / "manifest.json").is_file()]
+    if todo:  # find (or download) the data here, once, so a missing dataset is one clear error
+        load_dataset(ctx.suite.dataset, "train", ctx.data_dir, limit=1)
     done = len(ctx.jobs()) - len(todo)
     with progress_bar() as progress:
         progress("train", done, len(ctx.jobs()))
@@ -164,7 +168,10 @@ def train_jobs(jobs: list, models_dir: Path, data_dir: Path | None, workers: int
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         name = pending.pop(ready[0])
-        model, manifest = ray.get(ready[0])
+        try:
+            model, manifest = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            raise RuntimeError(f"training {name} failed: {exc.cause!r}") from None
         save_checkpoint(models_dir / name, model, manifest)
         finished += 1
         on_done(finished)
