@@ -204,6 +204,24 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.
     console.print(f"tables: {run_dir / 'tables'}")
 
 
+@app.command()
+@user_errors
+def compare(
+    base_run: Path = typer.Argument(..., help="Baseline run folder."),
+    cand_run: Path = typer.Argument(..., help="Candidate run folder."),
+    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened by 2x the seed spread)."),
+):
+    """Compare two runs; exit 1 when the candidate's verified accuracy is worse beyond the tolerance."""
+    from vsbench.report.compare import compare as compare_runs
+
+    df = compare_runs(base_run, cand_run, tol / 100)
+    print_table(df, f"{cand_run} vs {base_run}")
+    worse = df[df["worse"]]
+    if len(worse):
+        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points)")
+        raise typer.Exit(1)
+
+
 def entry() -> None:
     """Console-script entry point."""
     app(prog_name="vsbench")
