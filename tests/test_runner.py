@@ -2,6 +2,8 @@
 
 import csv
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -131,6 +133,46 @@ def test_wrong_counterexample_downgraded(tmp_path, mnistfc):
     robust = mnistfc[0][0]  # unsat: no point of the box violates it
     (rec,) = run_verification([robust], Center, tmp_path, timeout_cap=20)
     assert rec["status"] == "unknown" and not rec["cex_checked"] and "downgraded" in rec["log"]
+
+
+DRIVER = """
+import sys, time
+from vsbench.export.benchmark import read_instances
+from vsbench.verify.api import Verdict
+from vsbench.verify.runner import run_verification
+
+class Slow:
+    name = "slow"
+    def available(self):
+        return True, ""
+    def verify(self, instance, timeout):
+        time.sleep(0.5)
+        return Verdict("unknown", 0.5, log="slow")
+
+inst = [i for i in read_instances(sys.argv[1]) if i.onnx.name == "mnist-net_256x2.onnx"][:6]
+run_verification(inst, Slow, sys.argv[2], ray_address=sys.argv[3], workers=2)
+"""
+
+
+def test_driver_killed_then_resumed(tmp_path, mnistfc_dir):
+    """kill -9 of the driver mid-run, same command again: every instance once, none lost."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    args = [sys.executable, str(script), str(mnistfc_dir), str(tmp_path / "out"),
+            ray.get_runtime_context().gcs_address]
+    proc = subprocess.Popen(args)
+    records = tmp_path / "out" / "records.jsonl"
+    deadline = time.monotonic() + 60
+    while len(read_records(records)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = read_records(records)
+    assert 2 <= len(first) < 6
+    subprocess.run(args, check=True, timeout=120)
+    final = read_records(records)
+    assert final[:len(first)] == first and len(final) == 6
+    assert len({(r["onnx"], r["vnnlib"]) for r in final}) == 6
 
 
 def test_unknown_verifier(tmp_path, mnistfc):
