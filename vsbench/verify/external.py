@@ -1,0 +1,296 @@
+"""External verifiers behind the one ``Verifier`` protocol: Marabou, alpha-beta-CROWN, any VNN-COMP tool.
+
+All three return ``sat`` only with a flat float64 counterexample; the runner re-checks it in onnxruntime.
+Tool output goes to the verdict's ``log``, never to the caller's terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .api import Deadline, Instance, Verdict
+
+LOG_CHARS = 4000
+KILL_GRACE_S = 5.0  # a subprocess runs this long past its timeout before its process group is killed
+_RESULT_STATUS = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat", "timeout": "timeout",
+                  "unknown": "unknown", "error": "error"}
+_CEX_X = re.compile(r"\(\s*X_(\d+)\s+([^\s()]+)\s*\)")
+
+
+class ResultFileError(ValueError):
+    """A VNN-COMP result file that cannot be read; the message names the file and the problem."""
+
+
+def read_result_file(path: str | Path) -> tuple[str, np.ndarray | None]:
+    """(status, counterexample) of a VNN-COMP result file: a status line, then for ``sat`` ``((X_0 v) ... (Y_0 v))``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultFileError(f"{path}: cannot read result file ({exc})") from None
+    lines = text.strip().splitlines()
+    word = lines[0].strip().lower() if lines else ""
+    if word not in _RESULT_STATUS:
+        raise ResultFileError(f"{path}: first line {word!r} is not one of {', '.join(_RESULT_STATUS)}")
+    status = _RESULT_STATUS[word]
+    if status != "sat":
+        return status, None
+    values = {}
+    for idx, val in _CEX_X.findall("\n".join(lines[1:])):
+        try:
+            values[int(idx)] = float(val)
+        except ValueError:
+            raise ResultFileError(f"{path}: counterexample value {val!r} of X_{idx} is not a number") from None
+    if not values:
+        return status, None
+    if sorted(values) != list(range(len(values))):
+        raise ResultFileError(f"{path}: counterexample does not assign X_0 .. X_{max(values)} exactly once")
+    return status, np.array([values[i] for i in range(len(values))], dtype=np.float64)
+
+
+def write_result_file(path: str | Path, status: str, x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
+    """Write a VNN-COMP result file: ``status`` and, for ``sat``, the input ``x`` and output ``y``."""
+    lines = [status]
+    if status == "sat" and x is not None:
+        pairs = [f"(X_{i} {v!r})" for i, v in enumerate(np.asarray(x, dtype=np.float64).ravel().tolist())]
+        if y is not None:
+            pairs += [f"(Y_{j} {v!r})" for j, v in enumerate(np.asarray(y, dtype=np.float64).ravel().tolist())]
+        lines.append("(" + "\n ".join(pairs) + ")")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None,
+                env: dict | None = None) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own process group; (exit code or None when killed at ``timeout``, output)."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=cwd, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # children may outlive the leader: kill the group
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        return rc, out.read().decode(errors="replace")[-LOG_CHARS:]
+
+
+def _file_verdict(result: Path, rc: int | None, output: str, t0: float, timeout: float, what: str) -> Verdict:
+    """Verdict from a tool's result file, exit code and output."""
+    elapsed = time.monotonic() - t0
+    if rc is None:
+        return Verdict("timeout", elapsed, log=f"{what} killed after {timeout:g} s\n{output}"[-LOG_CHARS:])
+    if not result.is_file() or not result.read_text().strip():
+        return Verdict("error", elapsed, log=f"{what} exited {rc} without a result file\n{output}"[-LOG_CHARS:])
+    try:
+        status, cex = read_result_file(result)
+    except ResultFileError as exc:
+        return Verdict("error", elapsed, log=f"{exc}\n{output}"[-LOG_CHARS:])
+    if status == "sat" and cex is None:
+        status, output = "unknown", f"sat without a counterexample: unknown\n{output}"
+    return Verdict(status, elapsed, cex=cex, log=output[-LOG_CHARS:])
+
+
+@contextlib.contextmanager
+def _stdout_to(path: str):
+    """Send file descriptor 1 (where native code prints) to ``path`` for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.dup2(fd, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(fd)
+
+
+class MarabouVerifier:
+    """Marabou through ``maraboupy``: one query per (input region, clause); ``sat`` as soon as one is."""
+
+    name = "marabou"
+
+    def __init__(self, num_workers: int = 1):
+        self.num_workers = num_workers
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from maraboupy import Marabou  # noqa: F401
+        except ImportError as exc:
+            return False, f"pip install maraboupy (import failed: {exc})"
+        return True, ""
+
+    def verify(self, instance: Instance, timeout: float) -> Verdict:
+        t0 = time.monotonic()
+        with tempfile.NamedTemporaryFile("r", suffix=".log") as out:
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stdout_to(out.name):
+                    warnings.simplefilter("ignore")
+                    status, cex, log = self._solve(instance, Deadline(timeout))
+            except Exception as exc:  # noqa: BLE001 - the verdict carries the error
+                status, cex, log = "error", None, f"{type(exc).__name__}: {exc}"
+            log = f"{log}\n{out.read()[-1000:]}".strip()
+        return Verdict(status, time.monotonic() - t0, cex=cex, log=log[-LOG_CHARS:])
+
+    def _solve(self, instance: Instance, deadline: Deadline) -> tuple[str, np.ndarray | None, str]:
+        from maraboupy import Marabou, MarabouCore, MarabouUtils
+
+        from vsbench.export.vnnlib import read_vnnlib
+
+        prop = read_vnnlib(instance.vnnlib)
+        net = Marabou.read_onnx(str(instance.onnx))
+        xs, ys = np.asarray(net.inputVars[0]).ravel(), np.asarray(net.outputVars[0]).ravel()
+        base = dict(net.lowerBounds), dict(net.upperBounds)
+        counts = {"unsat": 0}
+        for region in prop.regions:
+            if xs.size != region.lower.size or any(C.shape[1] != ys.size for C, _ in region.clauses):
+                raise ValueError(f"{instance.vnnlib}: sizes do not match {instance.onnx} "
+                                 f"({xs.size} inputs, {ys.size} outputs)")
+            for C, rhs in region.clauses:
+                if deadline.expired():
+                    return "timeout", None, f"queries: {counts}"
+                net.lowerBounds, net.upperBounds = dict(base[0]), dict(base[1])
+                net.additionalEquList.clear()
+                for v, lo, hi in zip(xs, region.lower, region.upper):
+                    net.setLowerBound(int(v), float(lo))
+                    net.setUpperBound(int(v), float(hi))
+                for c, r in zip(C, rhs):
+                    eq = MarabouUtils.Equation(MarabouCore.Equation.LE)
+                    for j in np.flatnonzero(c):
+                        eq.addAddend(float(c[j]), int(ys[j]))
+                    eq.setScalar(float(r))
+                    net.addEquation(eq, isProperty=True)
+                opts = Marabou.createOptions(verbosity=0, numWorkers=self.num_workers,
+                                             timeoutInSeconds=max(1, math.ceil(deadline.left())))
+                code, vals, _ = net.solve(verbose=False, options=opts)
+                code = code.lower()
+                counts[code] = counts.get(code, 0) + 1
+                if code == "sat":
+                    return "sat", np.array([vals[int(v)] for v in xs], dtype=np.float64), f"queries: {counts}"
+                if code != "unsat":
+                    status = "timeout" if code == "timeout" or deadline.expired() else "unknown"
+                    return status, None, f"queries: {counts}"
+        return "unsat", None, f"queries: {counts}"
+
+
+def find_abcrown() -> tuple[Path | None, str]:
+    """(path of abcrown.py, "") from ``ABCROWN_PATH`` or ``abcrown.py`` on PATH, else (None, why not)."""
+    env = os.environ.get("ABCROWN_PATH")
+    if env:
+        p = Path(env).expanduser()
+        for cand in (p, p / "abcrown.py", p / "complete_verifier" / "abcrown.py"):
+            if cand.is_file() and cand.name == "abcrown.py":
+                return cand.resolve(), ""
+        return None, f"ABCROWN_PATH={env} has no abcrown.py (point it at alpha-beta-CROWN's complete_verifier dir)"
+    found = shutil.which("abcrown.py")
+    if found:
+        return Path(found).resolve(), ""
+    return None, ("alpha-beta-CROWN not found: git clone --recursive https://github.com/Verified-Intelligence/"
+                  "alpha-beta-CROWN, install its environment and set ABCROWN_PATH to its complete_verifier dir")
+
+
+class AbcrownVerifier:
+    """alpha-beta-CROWN run as ``abcrown.py --config`` with a YAML written per instance.
+
+    ``ABCROWN_PYTHON`` picks the interpreter of its environment (default: this one).
+    """
+
+    name = "abcrown"
+
+    def __init__(self, device: str | None = None):
+        self.device = device
+
+    def available(self) -> tuple[bool, str]:
+        path, why = find_abcrown()
+        return path is not None, why
+
+    def config(self, instance: Instance, timeout: float, work: Path) -> dict:
+        """The YAML config (as a dict) for one instance; results and counterexample files go under ``work``."""
+        device = self.device
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return {
+            "general": {"device": device, "results_file": str(work / "result.txt"), "save_adv_example": True},
+            "model": {"onnx_path": str(Path(instance.onnx).resolve())},
+            "specification": {"vnnlib_path": str(Path(instance.vnnlib).resolve())},
+            "attack": {"cex_path": str(work / "cex.txt")},
+            "bab": {"timeout": float(timeout)},
+        }
+
+    def verify(self, instance: Instance, timeout: float) -> Verdict:
+        import yaml
+
+        t0 = time.monotonic()
+        script, why = find_abcrown()
+        if script is None:
+            return Verdict("error", 0.0, log=why)
+        with tempfile.TemporaryDirectory(prefix="vsbench-abcrown-") as tmp:
+            work = Path(tmp)
+            cfg = work / "config.yaml"
+            cfg.write_text(yaml.safe_dump(self.config(instance, timeout, work)))
+            python = os.environ.get("ABCROWN_PYTHON", sys.executable)
+            rc, output = run_command([python, str(script), "--config", str(cfg)], timeout + KILL_GRACE_S, cwd=work)
+            return _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py")
+
+
+class VnncompToolVerifier:
+    """Any tool folder with VNN-COMP ``prepare_instance.sh`` and ``run_instance.sh`` scripts.
+
+    The category passed to the scripts is ``instance.meta["category"]``, else ``category``, else the
+    name of the ONNX file's folder.
+    """
+
+    def __init__(self, tool_dir: str | Path, category: str | None = None):
+        self.tool_dir = Path(tool_dir).expanduser()
+        self.category = category
+        self.name = f"vnncomp:{tool_dir}"
+
+    def available(self) -> tuple[bool, str]:
+        missing = [s for s in ("prepare_instance.sh", "run_instance.sh") if not (self.tool_dir / s).is_file()]
+        if missing:
+            return False, f"{self.tool_dir}: missing {', '.join(missing)} (not a VNN-COMP tool folder)"
+        return True, ""
+
+    def verify(self, instance: Instance, timeout: float) -> Verdict:
+        t0, deadline = time.monotonic(), Deadline(timeout)
+        ok, why = self.available()
+        if not ok:
+            return Verdict("error", 0.0, log=why)
+        category = instance.meta.get("category") or self.category or Path(instance.onnx).resolve().parent.name
+        onnx, vnnlib = str(Path(instance.onnx).resolve()), str(Path(instance.vnnlib).resolve())
+        rc, out = run_command(["bash", str(self.tool_dir / "prepare_instance.sh"), "v1", category, onnx, vnnlib],
+                              timeout, cwd=self.tool_dir)
+        if rc != 0:
+            status = "timeout" if rc is None else "error"
+            return Verdict(status, time.monotonic() - t0, log=f"prepare_instance.sh exited {rc}\n{out}"[-LOG_CHARS:])
+        left = max(1, math.floor(deadline.left()))
+        with tempfile.TemporaryDirectory(prefix="vsbench-vnncomp-") as tmp:
+            result = Path(tmp) / "result.txt"
+            rc, out = run_command(["bash", str(self.tool_dir / "run_instance.sh"), "v1", category, onnx, vnnlib,
+                                   str(result), str(left)], left + KILL_GRACE_S, cwd=self.tool_dir)
+            return _file_verdict(result, rc, out, t0, timeout, "run_instance.sh")
+
+
+VnncompVerifier = VnncompToolVerifier  # the name vsbench.verify.registry looks up for "vnncomp:DIR"
