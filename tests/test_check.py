@@ -1,0 +1,64 @@
+"""check_benchmark on a real VNN-COMP folder (mnistfc 256x2, two properties) and broken copies of it."""
+
+import shutil
+
+import pytest
+
+from vsbench.export.check import check_benchmark
+
+PROPS = ["prop_0_0.03.vnnlib", "prop_7_0.03.vnnlib"]
+
+
+@pytest.fixture
+def bench(tmp_path, mnistfc_dir):
+    shutil.copy(mnistfc_dir / "mnist-net_256x2.onnx", tmp_path)
+    for p in PROPS:
+        shutil.copy(mnistfc_dir / p, tmp_path)
+    (tmp_path / "instances.csv").write_text("".join(f"mnist-net_256x2.onnx,{p},120\n" for p in PROPS))
+    return tmp_path
+
+
+def test_real_folder_is_valid(bench):
+    assert check_benchmark(bench) == []
+
+
+def test_missing_and_escaping_files(bench, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "x.vnnlib"
+    shutil.copy(bench / PROPS[0], outside)
+    (bench / "link.vnnlib").symlink_to(outside)
+    (bench / "instances.csv").write_text(
+        "mnist-net_256x2.onnx,nope.vnnlib,10\n"
+        f"mnist-net_256x2.onnx,../{outside.parent.name}/x.vnnlib,10\n"
+        "mnist-net_256x2.onnx,link.vnnlib,10\n"
+        "mnist-net_256x2.onnx,prop_0_0.03.vnnlib\n")
+    problems = check_benchmark(bench)
+    assert any("'nope.vnnlib' does not exist" in p for p in problems)
+    assert any("must be relative and stay inside" in p for p in problems)
+    assert any("leaves the folder" in p for p in problems)
+    assert any("instances.csv:4: expected 3 columns" in p for p in problems)
+
+
+def test_broken_model_and_property(bench):
+    (bench / "mnist-net_256x2.onnx").write_bytes((bench / "mnist-net_256x2.onnx").read_bytes()[:5000])
+    (bench / PROPS[1]).write_text("(declare-const X_0 Real)\n(assert (<= X_0 1.0)\n")
+    problems = check_benchmark(bench)
+    assert any("mnist-net_256x2.onnx: does not load or run" in p for p in problems)
+    assert any(p.startswith(f"{PROPS[1]}: does not parse") for p in problems)
+
+
+def test_size_mismatch_and_timeout_limit(bench):
+    (bench / "small.vnnlib").write_text(
+        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+        "(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n(assert (<= X_1 1))\n(assert (<= Y_0 Y_1))\n")
+    (bench / "instances.csv").write_text("mnist-net_256x2.onnx,small.vnnlib,20000\n"
+                                         "mnist-net_256x2.onnx,prop_0_0.03.vnnlib,2000\n"
+                                         "mnist-net_256x2.onnx,prop_7_0.03.vnnlib,-1\n")
+    problems = check_benchmark(bench)
+    assert "small.vnnlib: declares 2 inputs, the model has 784" in problems
+    assert any("timeouts sum to 22000 s" in p for p in problems)
+    assert any("instances.csv:3: timeout '-1' is not a positive number" in p for p in problems)
+
+
+def test_not_a_benchmark(tmp_path):
+    assert check_benchmark(tmp_path / "none") == [f"{tmp_path / 'none'}: not a folder"]
+    assert check_benchmark(tmp_path) == [f"{tmp_path}: no instances.csv"]
