@@ -98,6 +98,9 @@ BOX = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
     (BOX + "(assert (<= Y_0 (exp 1)))\n", 6, "expected a linear term"),
     (BOX + "(check-sat)\n", 6, "expected (declare-const"),
     (BOX + "(assert (<= Y_0 1e400x))\n", 6, "bad number"),
+    (BOX + "(declare-const X_1 Real) (assert (>= X_1 0)) (assert (<= X_1 1)) (assert (<= X_0 (+ X_1 1)))\n", 6,
+     "only bounds on single input variables"),
+    (BOX.replace("0))", "2))", 1) + "(assert (<= Y_0 Y_1))\n", 1, "X_0 has an empty range"),
 ])
 def test_malformed(tmp_path, body, line, problem):
     f = tmp_path / "bad.vnnlib"
@@ -105,6 +108,13 @@ def test_malformed(tmp_path, body, line, problem):
     with pytest.raises(VnnlibError) as err:
         read_vnnlib(f)
     assert str(err.value).startswith(f"{f}:{line}: ") and problem in str(err.value)
+
+
+def test_deep_nesting(tmp_path):
+    f = tmp_path / "deep.vnnlib"
+    f.write_text(HEAD + BOX + "(assert (<= Y_0 " + "(+ " * 5000 + "1" + ")" * 5000 + "))\n")
+    with pytest.raises(VnnlibError, match="nested too deeply"):
+        read_vnnlib(f)
 
 
 def test_wrong_sizes_and_unreadable(tmp_path):

@@ -178,8 +178,12 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
         raise VnnlibError(f"{path}: no assert")
     top = _List(["and", *asserts])
     top.line = asserts[0].line
+    try:
+        terms = r.dnf(top)
+    except RecursionError:
+        raise VnnlibError(f"{path}: expressions nested too deeply") from None
     regions: dict[bytes, Region] = {}
-    for term in r.dnf(top):
+    for term in terms:
         lo, hi = np.full(sizes["X"], -np.inf), np.full(sizes["X"], np.inf)
         rows, rhs = [], []
         for line, coef, const in term:
