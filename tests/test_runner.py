@@ -15,7 +15,8 @@ from vsbench.export.benchmark import read_instances
 from vsbench.export.onnx import run_onnx
 from vsbench.export.vnnlib import read_vnnlib
 from vsbench.store import read_records
-from vsbench.verify.api import Verdict
+from vsbench.verify.api import Verdict, Verifier
+from vsbench.verify.registry import get_verifier, list_verifiers
 from vsbench.verify.runner import init_ray, run_verification
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the test verifiers by value
@@ -138,7 +139,8 @@ def test_wrong_counterexample_downgraded(tmp_path, mnistfc):
 DRIVER = """
 import sys, time
 from vsbench.export.benchmark import read_instances
-from vsbench.verify.api import Verdict
+from vsbench.verify.api import Verdict, Verifier
+from vsbench.verify.registry import get_verifier, list_verifiers
 from vsbench.verify.runner import run_verification
 
 class Slow:
@@ -173,6 +175,14 @@ def test_driver_killed_then_resumed(tmp_path, mnistfc_dir):
     final = read_records(records)
     assert final[:len(first)] == first and len(final) == 6
     assert len({(r["onnx"], r["vnnlib"]) for r in final}) == 6
+
+
+def test_registry():
+    assert {"builtin", "vnncomp:DIR"} <= set(list_verifiers())
+    v = get_verifier("builtin")
+    assert isinstance(v, Verifier) and v.name == "builtin" and v.available() == (True, "")
+    with pytest.raises(ValueError, match="unknown verifier 'vnncomp:'"):
+        get_verifier("vnncomp:")
 
 
 def test_unknown_verifier(tmp_path, mnistfc):
