@@ -54,6 +54,7 @@ def test_builtin_matches_reference_and_resumes(tmp_path, mnistfc):
             assert r["status"] == ref[os.path.basename(r["vnnlib"])]
         assert r["cex_checked"] == (r["status"] == "sat") and r["verifier"] == "builtin"
         assert r["model"] == "mnist-net_256x2" and r["versions"]["onnxruntime"] and r["timeout"] == 60
+        assert r["node"] == ray.get_runtime_context().get_node_id()
     sat = next(r for r in recs if r["status"] == "sat")
     inst = next(i for i in instances if str(i.vnnlib) == sat["vnnlib"])
     x = np.array(sat["cex"])

@@ -32,10 +32,10 @@ def init_ray(workers: int | None = None, ray_address: str | None = None) -> None
         return
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
         ray.init(num_cpus=workers or os.cpu_count(), log_to_driver=False, include_dashboard=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.ERROR)
 
 
 def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
@@ -64,9 +64,12 @@ def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | 
         return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    import ray
+
     cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
     return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
-            "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log}
+            "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
+            "node": ray.get_runtime_context().get_node_id()}
 
 
 def check_counterexample(instance: Instance, cex, cache: dict | None = None) -> tuple[np.ndarray | None, str]:
@@ -186,6 +189,7 @@ def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: di
         **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "verifier": common["verifier"],
         "status": status, "time_s": round(float(result["time_s"]), 4), "timeout": timeout,
         "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
+        "node": result.get("node"),
         "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
         "cex": None if cex is None else cex.tolist(),
         "versions": common["versions"], "host": common["host"],
