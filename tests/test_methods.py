@@ -51,6 +51,14 @@ def test_verisparse_is_never_dense_and_rewires(data_dir):
     assert any(not torch.equal(a, b) for a, b in zip(first, now))  # the topology did change
 
 
+def test_fast_ibp_recipe_runs_with_regularizer(data_dir):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(init="ibp", reg_lambda=0.5, bound="ibp", **{**TINY, "epochs": 2, "ramp_epochs": 2})
+    res = train(cfg, data_dir)
+    assert res.history[0]["reg_loss"] > 0 and "reg_loss" in res.history[1]
+    assert res.history[-1]["eps"] == pytest.approx(0.1, abs=0.03)
+
+
 def test_bad_method_options_are_rejected():
     with pytest.raises(ValueError, match="method_options for 'verisparse': delta_t"):
         TrainConfig(method="verisparse", method_options={"delta_t": 0})

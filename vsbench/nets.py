@@ -143,10 +143,9 @@ def hidden_widths(model: nn.Sequential) -> list[int]:
 
 
 def ibp_init_(model: nn.Module) -> nn.Module:
-    """IBP-friendly initialisation (Shi et al. 2021): w ~ N(0, 2*pi / fan_in^2), zero bias."""
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            fan_in = m.weight[0].numel()
-            nn.init.normal_(m.weight, std=math.sqrt(2 * math.pi) / fan_in)
-            nn.init.zeros_(m.bias)
+    """IBP initialisation (Shi et al. 2021): hidden weights ~ N(0, 2*pi / fan_in^2), keeping the
+    interval width stable through the layers; the output layer and biases keep their init."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for m in layers[:-1]:
+        nn.init.normal_(m.weight, std=math.sqrt(2 * math.pi) / m.weight[0].numel())
     return model

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from vsbench.bounds.graph import Conv, Graph, Linear, from_torch
-from vsbench.bounds.ibp import ibp_spec
+from vsbench.bounds.ibp import ibp_bounds, ibp_spec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class TrainConfig(BaseModel):
     beta_end: float = Field(0.0, ge=0.0, le=1.0)
     bound: Literal["crown-ibp", "ibp"] = "crown-ibp"
     init: Literal["default", "ibp"] = "default"
+    reg_lambda: float = Field(0.0, ge=0.0, description="warm-up regulariser weight (Shi et al. 2021; 0.5 there)")
+    reg_tol: float = Field(0.5, gt=0.0)
     grad_clip: float = Field(10.0, gt=0.0)
     eval_test: int = Field(1000, ge=0, description="test images for the final accuracy estimate")
     method_options: dict[str, Any] = Field(default_factory=dict)
@@ -132,6 +134,28 @@ def margin_lower_bound(graph: Graph, x: torch.Tensor, y: torch.Tensor, eps: floa
     return lb
 
 
+def warmup_regularizer(graph: Graph, x: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
+    """Shi et al. 2021 warm-up regularisers, averaged over ReLU layers: ``L_tightness`` keeps the
+    IBP interval width of each pre-activation from growing past ``1/tol`` times the (normalised)
+    input width; ``L_relu`` balances the mean and variance of active vs inactive neurons."""
+    lo, hi = (x - eps).clamp(0, 1).flatten(1), (x + eps).clamp(0, 1).flatten(1)
+    first = graph.ops[0]
+    width0 = (first.abs_forward((hi - lo) / 2) if hasattr(first, "abs_forward") else (hi - lo) / 2).mean()
+    pre = ibp_bounds(graph, lo, hi)[:-1]
+    tight = relu_bal = x.new_zeros(())
+    for l, u in pre:
+        center, width = (u + l) / 2, ((u - l) / 2).mean()
+        tight = tight + F.relu(tol - width0 / width.clamp(min=1e-12)) / tol
+        act, inact = (l > 0).float(), (u < 0).float()
+        mean_ratio = (center * act).mean() / -(center * inact).mean()
+        delta = (center - center.mean()) ** 2
+        var_ratio = (delta * act).sum() / (delta * inact).sum()
+        term = sum(F.relu(tol - torch.min(r, 1 / r.clamp(min=1e-12))) for r in (mean_ratio, var_ratio)) / tol
+        if torch.isfinite(term):
+            relu_bal = relu_bal + term
+    return (tight + relu_bal) / max(1, len(pre))
+
+
 class Trainer:
     """Runs training phases on one dataset; methods call :meth:`fit` for each of their phases."""
 
@@ -158,7 +182,12 @@ class Trainer:
         lb = margin_lower_bound(graph, x, y, eps, self.n_classes, beta)
         rob = F.cross_entropy(-lb, y)
         stats.update(rob_loss=float(rob.detach()), ver_acc=float((lb.detach().sort(1).values[:, 1] > 0).float().mean()))
-        return kappa * nat + (1 - kappa) * rob, stats, graph
+        loss = kappa * nat + (1 - kappa) * rob
+        if self.cfg.reg_lambda > 0 and eps < self.cfg.eps_train:
+            reg = warmup_regularizer(graph, x, eps, self.cfg.reg_tol)
+            stats["reg_loss"] = float(reg.detach())
+            loss = loss + self.cfg.reg_lambda * (1 - eps / self.cfg.eps_train) * reg
+        return loss, stats, graph
 
     def schedule(self, t: float, scale: float) -> tuple[float, float, float]:
         """``(eps, kappa, beta)`` at epoch ``t`` of a phase whose schedule is scaled by ``scale``."""
