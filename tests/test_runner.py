@@ -100,6 +100,13 @@ class Hog(Hang):
         np.ones(3 * 2**30 // 8)  # 3 GiB
 
 
+class BadStatus(Hang):
+    name = "bad-status"
+
+    def verify(self, instance, timeout):
+        return Verdict("safe", 0.0)
+
+
 class Center(Hang):
     """A real (incomplete) falsifier: the box center and corners in onnxruntime; claims sat at the center."""
 
@@ -133,8 +140,11 @@ def test_memory_limit(tmp_path, mnistfc):
 
 def test_wrong_counterexample_downgraded(tmp_path, mnistfc):
     robust = mnistfc[0][0]  # unsat: no point of the box violates it
-    (rec,) = run_verification([robust], Center, tmp_path, timeout_cap=20)
+    rec, twice = run_verification([robust, robust], Center, tmp_path, timeout_cap=20)
     assert rec["status"] == "unknown" and not rec["cex_checked"] and "downgraded" in rec["log"]
+    assert twice == rec and len(read_records(tmp_path / "records.jsonl")) == 1  # one run per key
+    (rec,) = run_verification([robust], BadStatus, tmp_path, timeout_cap=20)
+    assert rec["status"] == "error" and "unknown status 'safe'" in rec["log"]
 
 
 DRIVER = """

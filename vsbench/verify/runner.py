@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from vsbench.store import append_record, host, read_records, record_key, versions
-from vsbench.verify.api import Instance, Verdict
+from vsbench.verify.api import STATUSES, Instance, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     path = Path(out_dir) / "records.jsonl"
     keep = {record_key(r): r for r in read_records(path) if "status" in r}
     key = {id(i): f"{i.onnx}::{i.vnnlib}::{name}" for i in instances}
-    todo = [i for i in instances if key[id(i)] not in keep]
-    total, done = len(instances), len(instances) - len(todo)
+    todo = list({key[id(i)]: i for i in instances if key[id(i)] not in keep}.values())  # once per key
+    total = len(set(key.values()))
+    done = total - len(todo)
     if progress:
         progress("verify", done, total)
     if todo:
@@ -175,6 +176,8 @@ def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: di
             cex_cache: dict) -> dict:
     """Check a ``sat``, build the record and append it to ``records.jsonl``."""
     status, note, cex = result["status"], "", None
+    if status not in STATUSES:
+        status, note = "error", f"error: the verifier returned the unknown status {status!r}"
     if status == "sat":
         if result.get("cex") is None:
             status, note = "unknown", "sat without a counterexample: downgraded to unknown"
