@@ -199,3 +199,5 @@ def test_registry():
 def test_unknown_verifier(tmp_path, mnistfc):
     with pytest.raises(ValueError, match="unknown verifier 'nope'; choices: builtin"):
         run_verification(mnistfc[0][:1], "nope", tmp_path)
+    with pytest.raises(ValueError, match="verifier 'vnncomp:/nonexistent' is not available: /nonexistent: missing"):
+        run_verification(mnistfc[0][:1], "vnncomp:/nonexistent", tmp_path)

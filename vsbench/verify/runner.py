@@ -114,7 +114,9 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     if isinstance(verifier_name, str):
         from vsbench.verify.registry import get_verifier
 
-        get_verifier(verifier_name)  # an unknown name fails here, once, not in every task
+        ok, reason = get_verifier(verifier_name).available()  # unknown or unusable: one error here
+        if not ok:
+            raise ValueError(f"verifier {verifier_name!r} is not available: {reason}")
     path = Path(out_dir) / "records.jsonl"
     keep = {record_key(r): r for r in read_records(path) if "status" in r}
     key = {id(i): f"{i.onnx}::{i.vnnlib}::{name}" for i in instances}
