@@ -157,6 +157,14 @@ def test_read_instances_rejects(tmp_path, row, problem):
     assert str(err.value).startswith(f"{bench / 'instances.csv'}:3: ") and problem in str(err.value)
 
 
+def test_header_row_allowed(tmp_path):
+    (tmp_path / "m.onnx").write_text("x")
+    (tmp_path / "p.vnnlib").write_text("x")
+    (tmp_path / "instances.csv").write_text("onnx,vnnlib,timeout\nm.onnx,p.vnnlib,7.5\n")
+    (inst,) = read_instances(tmp_path)
+    assert inst.onnx == tmp_path / "m.onnx" and inst.timeout == 7.5 and inst.meta == {"model": "m"}
+
+
 def test_not_a_benchmark(tmp_path):
     with pytest.raises(BenchmarkError, match="no instances.csv"):
         read_instances(tmp_path)

@@ -167,7 +167,7 @@ def read_instances(bench_dir: str | Path) -> list[Instance]:
     with open(path, newline="") as f:
         for line, row in enumerate(csv.reader(f), 1):
             row = [c.strip() for c in row]
-            if not any(row):
+            if not any(row) or (line == 1 and row[:2] == ["onnx", "vnnlib"]):  # blank line or header
                 continue
             if len(row) != 3:
                 raise BenchmarkError(f"{path}:{line}: expected 3 columns (onnx, vnnlib, timeout), got {len(row)}")
