@@ -170,3 +170,6 @@ def test_not_a_benchmark(tmp_path):
         read_instances(tmp_path)
     with pytest.raises(BenchmarkError, match="does not exist"):
         read_instances(tmp_path / "nope")
+    (tmp_path / "instances.csv").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(BenchmarkError, match="instances.csv: not a CSV text file"):
+        read_instances(tmp_path)

@@ -163,22 +163,25 @@ def read_instances(bench_dir: str | Path) -> list[Instance]:
             props = json.loads((root / "properties.json").read_text())["properties"]
         except (ValueError, KeyError, TypeError) as exc:
             raise BenchmarkError(f"{root / 'properties.json'}: unreadable ({exc})") from None
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BenchmarkError(f"{path}: not a CSV text file ({exc})") from None
     out = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.reader(f), 1):
-            row = [c.strip() for c in row]
-            if not any(row) or (line == 1 and row[:2] == ["onnx", "vnnlib"]):  # blank line or header
-                continue
-            if len(row) != 3:
-                raise BenchmarkError(f"{path}:{line}: expected 3 columns (onnx, vnnlib, timeout), got {len(row)}")
-            try:
-                timeout = float(row[2])
-            except ValueError:
-                raise BenchmarkError(f"{path}:{line}: timeout {row[2]!r} is not a number") from None
-            if not timeout > 0 or timeout == float("inf"):
-                raise BenchmarkError(f"{path}:{line}: timeout must be positive and finite, got {row[2]}")
-            onnx, vnnlib = _inside(root, row[0], path, line), _inside(root, row[1], path, line)
-            meta = {"model": Path(row[0]).stem.removesuffix(".onnx"), **props.get(row[1], {})}
-            out.append(Instance(onnx, vnnlib, timeout, meta))
+    for line, row in enumerate(rows, 1):
+        row = [c.strip() for c in row]
+        if not any(row) or (line == 1 and row[:2] == ["onnx", "vnnlib"]):  # blank line or header
+            continue
+        if len(row) != 3:
+            raise BenchmarkError(f"{path}:{line}: expected 3 columns (onnx, vnnlib, timeout), got {len(row)}")
+        try:
+            timeout = float(row[2])
+        except ValueError:
+            raise BenchmarkError(f"{path}:{line}: timeout {row[2]!r} is not a number") from None
+        if not timeout > 0 or timeout == float("inf"):
+            raise BenchmarkError(f"{path}:{line}: timeout must be positive and finite, got {row[2]}")
+        onnx, vnnlib = _inside(root, row[0], path, line), _inside(root, row[1], path, line)
+        meta = {"model": Path(row[0]).stem.removesuffix(".onnx"), **props.get(row[1], {})}
+        out.append(Instance(onnx, vnnlib, timeout, meta))
     return out
 
