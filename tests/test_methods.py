@@ -36,6 +36,13 @@ def test_method_trains_to_target_sparsity(method, data_dir):
     assert 0.0 <= res.info["test_ibp_verified_acc"] <= res.info["test_clean_acc"] <= 1.0
 
 
+@pytest.mark.parametrize("options", [{"rounds": 2, "scope": "layer"}, {"density": "erk", "score_frac": 0.2}])
+def test_iterative_pruning_and_hydra_erk(options, data_dir):
+    method = "prune-after" if "rounds" in options else "hydra"
+    res = train(TrainConfig(method=method, sparsity=0.95, method_options=options, **TINY), data_dir)
+    assert res.info["sparsity"] == pytest.approx(0.95, abs=0.002)
+
+
 def test_verisparse_is_never_dense_and_rewires(data_dir):
     torch.set_num_threads(1)
     cfg = TrainConfig(method="verisparse", sparsity=0.8, method_options={"delta_t": 1, "alpha": 0.5}, **TINY)
