@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not for running ONNX files
+    from torch import nn
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -24,6 +26,7 @@ def _plain(model: nn.Module) -> nn.Module:
     The caller's model is left as it was (``remove_parametrizations`` would edit the class it shares
     with the copy, so the copy is un-parametrized by hand).
     """
+    import torch
     from torch.nn.utils import parametrize, prune
 
     with torch.no_grad():  # torch.nn.utils.prune keeps a non-leaf weight that deepcopy refuses
@@ -39,7 +42,7 @@ def _plain(model: nn.Module) -> nn.Module:
                 m.__class__ = type(m).__bases__[0]  # parametrize's per-module subclass -> the original
                 del m._modules["parametrizations"]
                 for name, value in values.items():
-                    setattr(m, name, nn.Parameter(value))
+                    setattr(m, name, torch.nn.Parameter(value))
             for hook in list(m._forward_pre_hooks.values()):
                 if isinstance(hook, prune.BasePruningMethod):
                     prune.remove(m, hook._tensor_name)
@@ -53,6 +56,8 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, c
     With ``check``, ``n_check`` random inputs in [0, 1] are run in torch and onnxruntime; a max
     abs difference above 1e-4 raises ``ExportError`` naming the file.
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _plain(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -42,12 +43,11 @@ def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | 
     """Runs in a Ray worker: build the verifier and decide one instance."""
     import resource
 
-    import torch
-
     from vsbench.verify.registry import get_verifier
 
-    torch.set_num_threads(1)
     v = get_verifier(verifier) if isinstance(verifier, str) else verifier()
+    if "torch" in sys.modules:  # one CPU per task: no intra-op threads fighting the other tasks
+        sys.modules["torch"].set_num_threads(1)
     ok, reason = v.available()
     if not ok:
         return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
