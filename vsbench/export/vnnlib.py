@@ -238,9 +238,8 @@ def _row(c: np.ndarray, rhs: float) -> str:
     return f"(<= (+ {terms}) {_num(rhs)})"
 
 
-def _box(lo: np.ndarray, hi: np.ndarray, indent: str = "") -> list[str]:
-    return [f"{indent}(<= X_{i} {_num(h)}) (>= X_{i} {_num(l)})" if indent else
-            f"(assert (<= X_{i} {_num(h)}))\n(assert (>= X_{i} {_num(l)}))" for i, (l, h) in enumerate(zip(lo, hi))]
+def _box(lo: np.ndarray, hi: np.ndarray) -> list[tuple[str, str]]:
+    return [(f"(<= X_{i} {_num(h)})", f"(>= X_{i} {_num(l)})") for i, (l, h) in enumerate(zip(lo, hi))]
 
 
 def write_vnnlib(path: str | Path, prop: Property, comment: str = "") -> None:
@@ -256,13 +255,14 @@ def write_vnnlib(path: str | Path, prop: Property, comment: str = "") -> None:
 
     if len(prop.regions) == 1:
         r = prop.regions[0]
-        lines += ["; Input constraints:"] + _box(r.lower, r.upper) + ["", "; Output constraints:", "(assert (or"]
+        lines += ["; Input constraints:"] + [f"(assert {a})\n(assert {b})" for a, b in _box(r.lower, r.upper)]
+        lines += ["", "; Output constraints:", "(assert (or"]
         lines += [f"    {clause(C, rhs)}" for C, rhs in r.clauses] + ["))"]
     else:
         lines += ["(assert (or"]
         for r in prop.regions:
             for C, rhs in r.clauses:
-                lines += ["    (and"] + _box(r.lower, r.upper, "        ")
+                lines += ["    (and"] + [f"        {a} {b}" for a, b in _box(r.lower, r.upper)]
                 lines += [f"        {_row(c, b)}" for c, b in zip(C, rhs)] + ["    )"]
         lines += ["))"]
     path.parent.mkdir(parents=True, exist_ok=True)
