@@ -1,6 +1,7 @@
 """ONNX export (checked in onnxruntime), ONNX size / FLOP counts and VNN-COMP benchmark folders."""
 
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -120,10 +121,17 @@ def test_benchmark_folder(tmp_path, data_dir):
     pix = images[first.meta["property"]].ravel() / 255.0
     assert np.allclose(r.lower, np.clip(pix - 0.02, 0, 1)) and np.allclose(r.upper, np.clip(pix + 0.02, 0, 1))
 
-    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".onnx"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["indices"] == idx and manifest["config"]["meta"]["suite"] == "t"
+    assert manifest["sha256"]["onnx/good.onnx"] == hashlib.sha256((out / "onnx/good.onnx").read_bytes()).hexdigest()
+    assert len(manifest["sha256"]) == 2 + 12 + 1
+
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file() and p.suffix != ".onnx" and p.name != "manifest.json"}
     assert regenerate(out, 4) != inst and (out / "instances.csv").read_bytes() != files[out / "instances.csv"]
     subprocess.run([sys.executable, "generate_properties.py", "3"], cwd=out, check=True, timeout=120)
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".onnx"} == files
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.suffix != ".onnx" and p.name != "manifest.json"} == files
 
 
 def test_read_mnistfc(mnistfc_dir):

@@ -6,6 +6,7 @@ written; ``read_records`` skips a truncated last line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,11 +60,24 @@ def git_hash(cwd: str | Path | None = None) -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def write_manifest(path: str | Path, config: dict) -> dict:
-    """Write ``manifest.json``: the config plus versions, host, git hash, command line and time."""
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(path: str | Path, config: dict, files: list[str | Path] | None = None) -> dict:
+    """Write ``manifest.json``: the config plus versions, host, git hash, command line and time.
+
+    ``files`` get their SHA-256 recorded, keyed by their path relative to the manifest's folder.
+    """
+    path = Path(path)
     manifest = {"config": config, "versions": versions(), "host": host(), "git": git_hash(),
                 "argv": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = Path(path)
+    if files:
+        manifest["sha256"] = {Path(f).relative_to(path.parent).as_posix(): sha256(f) for f in sorted(map(Path, files))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")

@@ -17,6 +17,7 @@ import numpy as np
 
 from vsbench.export.onnx import export_onnx, run_onnx
 from vsbench.export.vnnlib import robustness_property, write_vnnlib
+from vsbench.store import write_manifest
 from vsbench.verify.api import Instance
 
 
@@ -86,6 +87,9 @@ def write_properties(out_dir: str | Path, names: list[str], images, labels, indi
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows((o, v, f"{t:g}") for o, v, t in rows)
     _write_text(out / "instances.csv", buf.getvalue())
+    files = [out / "onnx" / f"{n}.onnx" for n in names] + [out / rel for _, _, rel in props.values()]
+    write_manifest(out / "manifest.json", {k: v for k, v in info.items() if k != "properties"},
+                   files + [out / "instances.csv"])
     return read_instances(out)
 
 
