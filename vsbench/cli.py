@@ -222,6 +222,46 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def audit(
+    benchmark_dir: Path = typer.Argument(..., help="A VNN-COMP benchmark folder with instances.csv."),
+    verifiers: str = typer.Option("builtin,marabou", "--verifiers", help="Comma-separated verifier names."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="Only instances whose onnx or vnnlib path contains this."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Cap on the per-instance timeout (s)."),
+    workers: Optional[int] = WORKERS,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default results/audit-DIRNAME."),
+):
+    """Run several verifiers on a benchmark; exit 1 on any disagreement (a replayed sat beats an unsat)."""
+    from vsbench.pipeline import progress_bar
+    from vsbench.verify.audit import audit as run_audit
+
+    names = [v.strip() for v in verifiers.split(",") if v.strip()]
+    out = out or Path("results") / f"audit-{Path(benchmark_dir).resolve().name}"
+    with progress_bar() as progress:
+        table = run_audit(benchmark_dir, names, timeout, out, workers=workers, progress=progress, only=filter)
+    print_table(table.drop(columns=["onnx"]) if table["onnx"].nunique() == 1 else table, f"audit of {benchmark_dir}")
+    bad = table[table["disagreement"] != ""]
+    console.print(f"audit table: {out / 'audit.csv'}")
+    if len(bad):
+        err_console.print(f"{len(bad)} disagreement(s) between verifiers")
+        raise typer.Exit(1)
+
+
+@app.command("check-benchmark")
+@user_errors
+def check_benchmark(benchmark_dir: Path = typer.Argument(..., help="A VNN-COMP benchmark folder.")):
+    """Validate a VNN-COMP benchmark folder: files, ONNX runs, VNN-LIB parses, sizes match, timeouts."""
+    from vsbench.export.check import check_benchmark as check
+
+    problems = check(benchmark_dir)
+    for p in problems:
+        err_console.print(f"{benchmark_dir}: {p}", markup=False, highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{benchmark_dir}: ok")
+
+
 def entry() -> None:
     """Console-script entry point."""
     app(prog_name="vsbench")

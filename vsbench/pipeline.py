@@ -115,9 +115,9 @@ def train_config(ctx: RunContext, job: Job):
     from vsbench.train.loop import TrainConfig
 
     s = ctx.suite
+    settings = {"train_eps": s.train_eps or s.eps, **ctx.profile.train}  # a profile may override train_eps
     return TrainConfig(dataset=s.dataset, arch=job.arch, method=job.method.name, sparsity=job.sparsity,
-                       seed=job.seed, eps=s.eps, train_eps=s.train_eps or s.eps,
-                       method_options=job.method.options, **ctx.profile.train)
+                       seed=job.seed, eps=s.eps, method_options=job.method.options, **settings)
 
 
 def train_models(ctx: RunContext, workers: int | None = None, ray_address: str | None = None) -> None:
