@@ -124,7 +124,8 @@ def _stdout_to(path: str):
 
 
 class MarabouVerifier:
-    """Marabou through ``maraboupy``: one query per (input region, clause); ``sat`` as soon as one is."""
+    """Marabou through ``maraboupy``: one query per (input region, clause), in rounds that share the time
+    left among the open queries; ``sat`` as soon as one query is, ``unsat`` once all are."""
 
     name = "marabou"
 
@@ -161,14 +162,18 @@ class MarabouVerifier:
         net = Marabou.read_onnx(str(instance.onnx))
         xs, ys = np.asarray(net.inputVars[0]).ravel(), np.asarray(net.outputVars[0]).ravel()
         base = dict(net.lowerBounds), dict(net.upperBounds)
-        counts = {"unsat": 0}
         for region in prop.regions:
             if xs.size != region.lower.size or any(C.shape[1] != ys.size for C, _ in region.clauses):
                 raise ValueError(f"{instance.vnnlib}: sizes do not match {instance.onnx} "
                                  f"({xs.size} inputs, {ys.size} outputs)")
-            for C, rhs in region.clauses:
+        pending = [(r, C, rhs) for r in prop.regions for C, rhs in r.clauses]
+        counts: dict[str, int] = {}
+        while pending and not deadline.expired():  # rounds: every open query gets a share of the time left
+            share = max(1, math.floor(deadline.left() / len(pending)))
+            for query in list(pending):
                 if deadline.expired():
-                    return "timeout", None, f"queries: {counts}"
+                    break
+                region, C, rhs = query
                 net.lowerBounds, net.upperBounds = dict(base[0]), dict(base[1])
                 net.additionalEquList.clear()
                 for v, lo, hi in zip(xs, region.lower, region.upper):
@@ -181,16 +186,17 @@ class MarabouVerifier:
                     eq.setScalar(float(r))
                     net.addEquation(eq, isProperty=True)
                 opts = Marabou.createOptions(verbosity=0, numWorkers=self.num_workers,
-                                             timeoutInSeconds=max(1, math.ceil(deadline.left())))
+                                             timeoutInSeconds=min(share, max(1, math.floor(deadline.left()))))
                 code, vals, _ = net.solve(verbose=False, options=opts)
                 code = code.lower()
                 counts[code] = counts.get(code, 0) + 1
                 if code == "sat":
                     return "sat", np.array([vals[int(v)] for v in xs], dtype=np.float64), f"queries: {counts}"
-                if code != "unsat":
-                    status = "timeout" if code == "timeout" or deadline.expired() else "unknown"
-                    return status, None, f"queries: {counts}"
-        return "unsat", None, f"queries: {counts}"
+                if code == "unsat":
+                    pending.remove(query)
+                elif code != "timeout":
+                    return "unknown", None, f"queries: {counts}"
+        return ("timeout" if pending else "unsat"), None, f"queries: {counts}; open: {len(pending)}"
 
 
 def find_abcrown() -> tuple[Path | None, str]:
