@@ -84,6 +84,7 @@ PROFILE = typer.Option(None, "--profile", "-p", help="quick (2-core CPU) or full
 OUT = typer.Option(None, "--out", "-o", help="Run folder (default results/SUITE-PROFILE; models under models/SUITE-PROFILE).")
 WORKERS = typer.Option(None, "--workers", "-w", help="Parallel Ray workers (default: all CPUs).")
 RAY = typer.Option(None, "--ray-address", help="Existing Ray cluster address (or set RAY_ADDRESS); default: local Ray.")
+MEMORY = typer.Option(None, "--memory-mb", help="Memory cap per verification instance (MiB); over it -> error: out of memory.")
 DATA = typer.Option(None, "--data-dir", help="Dataset folder (else $VSBENCH_DATA, else the user cache with download).")
 
 
@@ -103,6 +104,7 @@ def run(
     ray_address: Optional[str] = RAY,
     data_dir: Optional[Path] = DATA,
     verifier: Optional[str] = typer.Option(None, "--verifier", help="Verifier name (default: the suite's)."),
+    memory_mb: Optional[int] = MEMORY,
 ):
     """Train, export, verify and report a whole suite (resumes where a previous run stopped)."""
     from vsbench.pipeline import export_models, train_models, verify_models, write_report
@@ -110,7 +112,7 @@ def run(
     ctx = _run_context(suite, profile, out, data_dir)
     train_models(ctx, workers=workers, ray_address=ray_address)
     export_models(ctx)
-    verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier)
+    verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb)
     df = write_report(ctx.run_dir)
     print_table(df, f"{ctx.suite.name} ({ctx.profile_name})")
     console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
@@ -164,6 +166,7 @@ def verify(
     ray_address: Optional[str] = RAY,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where records.jsonl goes (default results/verify-DIRNAME)."),
     verifier: str = typer.Option("builtin", "--verifier", help="builtin, marabou, abcrown or vnncomp:TOOL_DIR."),
+    memory_mb: Optional[int] = MEMORY,
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON lines."),
 ):
     """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
@@ -183,7 +186,7 @@ def verify(
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:
         records = run_verification(instances, verifier, out, workers=workers, ray_address=ray_address,
-                                   timeout_cap=timeout, progress=progress)
+                                   timeout_cap=timeout, progress=progress, memory_mb=memory_mb)
     if as_json:
         for r in records:
             print(json.dumps(r))

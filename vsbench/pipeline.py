@@ -213,7 +213,7 @@ def export_models(ctx: RunContext, vnncomp_dir: Path | None = None) -> Path:
             progress("export", n + 1, len(jobs))
     bench = vnncomp_dir or ctx.benchmark_dir
     write_benchmark(bench, models, images, labels, indices, s.eps, p.timeout,
-                    {"suite": s.name, "property_seed": s.property_seed})
+                    {"suite": s.name, "dataset": s.dataset, "property_seed": s.property_seed})
     for row in rows:
         row.update(onnx_stats(bench / "onnx" / f"{row['model']}.onnx"))
     write_records(ctx.run_dir / "models.jsonl", rows)
@@ -224,7 +224,7 @@ def export_models(ctx: RunContext, vnncomp_dir: Path | None = None) -> Path:
 
 
 def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str | None = None,
-                  verifier: str | None = None) -> list[dict]:
+                  verifier: str | None = None, memory_mb: int | None = None) -> list[dict]:
     """Verify every instance of the run's benchmark folder; records land in ``run_dir/records.jsonl``."""
     from vsbench.export.benchmark import read_instances
     from vsbench.verify.runner import run_verification
@@ -238,7 +238,7 @@ def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str 
         inst.meta.update(meta.get(Path(inst.onnx).stem, {}))
     with progress_bar() as progress:
         return run_verification(instances, verifier or ctx.suite.verifier, ctx.run_dir,
-                                workers=workers, ray_address=ray_address, progress=progress)
+                                workers=workers, ray_address=ray_address, progress=progress, memory_mb=memory_mb)
 
 
 def check_inputs(instances) -> None:

@@ -325,7 +325,7 @@ def from_onnx(path: str | Path, dtype=torch.float64) -> Graph:
     ops: list = []
 
     def t(a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)
+        return torch.as_tensor(np.array(a, dtype=np.float64), dtype=dtype)  # a writable copy
 
     def add_scale(a: np.ndarray, b: np.ndarray):
         n = math.prod(shape)
