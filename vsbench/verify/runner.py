@@ -35,7 +35,7 @@ def init_ray(workers: int | None = None, ray_address: str | None = None) -> None
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), log_to_driver=False, include_dashboard=False,
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), log_to_driver=False, include_dashboard=False,
                  logging_level=logging.ERROR)
 
 
