@@ -166,14 +166,15 @@ class MarabouVerifier:
             if xs.size != region.lower.size or any(C.shape[1] != ys.size for C, _ in region.clauses):
                 raise ValueError(f"{instance.vnnlib}: sizes do not match {instance.onnx} "
                                  f"({xs.size} inputs, {ys.size} outputs)")
-        pending = [(r, C, rhs) for r in prop.regions for C, rhs in r.clauses]
+        queries = [(r, C, rhs) for r in prop.regions for C, rhs in r.clauses]
+        pending = list(range(len(queries)))  # indices of the queries not yet unsat
         counts: dict[str, int] = {}
         while pending and not deadline.expired():  # rounds: every open query gets a share of the time left
             share = max(1, math.floor(deadline.left() / len(pending)))
-            for query in list(pending):
+            for q in list(pending):
                 if deadline.expired():
                     break
-                region, C, rhs = query
+                region, C, rhs = queries[q]
                 net.lowerBounds, net.upperBounds = dict(base[0]), dict(base[1])
                 net.additionalEquList.clear()
                 for v, lo, hi in zip(xs, region.lower, region.upper):
@@ -193,7 +194,7 @@ class MarabouVerifier:
                 if code == "sat":
                     return "sat", np.array([vals[int(v)] for v in xs], dtype=np.float64), f"queries: {counts}"
                 if code == "unsat":
-                    pending.remove(query)
+                    pending.remove(q)
                 elif code != "timeout":
                     return "unknown", None, f"queries: {counts}"
         return ("timeout" if pending else "unsat"), None, f"queries: {counts}; open: {len(pending)}"
