@@ -132,6 +132,25 @@ def test_abcrown_discovery(monkeypatch, tmp_path):
     assert find_abcrown()[0] == (tmp_path / "complete_verifier" / "abcrown.py").resolve()
 
 
+STAND_IN = """
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[2]))
+assert sys.argv[1] == "--config" and cfg["general"]["device"] == "cpu" and cfg["general"]["save_adv_example"]
+assert cfg["model"]["onnx_path"].endswith(".onnx") and cfg["specification"]["vnnlib_path"].endswith(".vnnlib")
+print("stand-in abcrown, timeout", cfg["bab"]["timeout"])
+with open(cfg["general"]["results_file"], "w") as f:
+    f.write("sat\\n((X_0 0.75)\\n (X_1 0.5)\\n (Y_0 0.75)\\n (Y_1 0.5))\\n")
+"""
+
+
+def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
+    """The adapter's YAML and result parsing, run against a stand-in abcrown.py (a real subprocess)."""
+    (tmp_path / "abcrown.py").write_text(STAND_IN)
+    monkeypatch.setenv("ABCROWN_PATH", str(tmp_path))
+    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, tmp_path / "p.vnnlib", 7), 7)
+    assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0" in v.log
+
+
 @pytest.mark.skipif(not AbcrownVerifier().available()[0], reason=AbcrownVerifier().available()[1])
 def test_abcrown_mnistfc(mnistfc_dir):
     inst = Instance(mnistfc_dir / "mnist-net_256x2.onnx", mnistfc_dir / "prop_7_0.03.vnnlib", 60)
