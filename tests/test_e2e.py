@@ -77,4 +77,4 @@ def test_rerun_resumes_and_report_rebuilds(smoke_run):
     assert rep.returncode == 0, rep.stderr
     assert (out / "tables" / "summary.csv").read_text() == table
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["profile"] == "quick"
+    assert manifest["config"]["profile"] == "quick"
