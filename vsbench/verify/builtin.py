@@ -1,0 +1,341 @@
+"""The built-in complete verifier: PGD -> CROWN -> alpha-CROWN -> BaB with beta-CROWN -> MILP.
+
+Soundness rules: ``unsat`` only when every clause of every region has a sound float64 lower bound
+``> TAU`` (bound propagation, BaB leaves decided by LP, or the MILP); ``sat`` only with a point
+that violates the property in float64 and, when the ONNX file is known, in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..bounds.alpha import alpha_bounds, alpha_spec
+from ..bounds.beta import beta_spec, split_bounds
+from ..bounds.crown import crown_bounds, crown_spec
+from ..bounds.graph import Graph, UnsupportedModel, from_onnx
+from .api import Deadline, Instance, Property, Region, Verdict
+from .attack import pgd_attack
+from .milp import TAU, milp_clause
+
+BATCH = 256  # BaB domains bounded per step (each split gives two children)
+BETA_ITERS = 10
+MAX_DOMAINS = 200_000
+
+
+# --------------------------------------------------------------------------- simplification
+
+
+def simplify(layers, lower: torch.Tensor, upper: torch.Tensor):
+    """Drop unused inputs, dead or constant neurons and neurons nothing reads (exactly equivalent).
+
+    ``lower``/``upper`` are ``(1, n_in)``. Returns ``(layers, keep, bounds)``: the smaller layers,
+    the kept input columns and CROWN bounds (layout of ``crown_bounds``) of the smaller network.
+    """
+    keep = torch.nonzero(layers[0][0].abs().sum(0) > 0).flatten()
+    if len(keep) == 0:
+        keep = torch.arange(1)
+    layers = [(layers[0][0][:, keep], layers[0][1])] + list(layers[1:])
+    bounds = crown_bounds(Graph.from_dense(layers), lower[:, keep], upper[:, keep])
+    out = []
+    for k in range(len(layers) - 1):
+        (W, b), (Wn, bn) = layers[k], layers[k + 1]
+        l, u = bounds[k][0][0], bounds[k][1][0]
+        const = W.abs().sum(1) == 0  # pre-activation is b: fold relu(b) into the next bias
+        bn = bn + Wn[:, const] @ b[const].clamp(min=0)
+        alive = ~((u <= 0) | const | (Wn.abs().sum(0) == 0))
+        if not alive.any():  # keep one dead neuron so every layer has a width
+            W, b, Wn, l, u = W[:1] * 0, b[:1] * 0, Wn[:, :1] * 0, l[:1] * 0, u[:1] * 0
+            alive = torch.ones(1, dtype=torch.bool)
+        out.append((W[alive], b[alive]))
+        bounds[k] = (l[alive][None], u[alive][None])
+        layers[k + 1] = (Wn[:, alive], bn)
+    out.append(layers[-1])
+    return out, keep, bounds
+
+
+# --------------------------------------------------------------------------- counterexamples
+
+
+class _Checker:
+    """Confirms candidate points: inside the region as float32, violated in float64 and in ORT."""
+
+    def __init__(self, graph: Graph, prop: Property, onnx_path=None):
+        self.graph, self.prop, self.sess = graph, prop, None
+        if onnx_path is not None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            self.sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            inp = self.sess.get_inputs()[0]
+            self.name = inp.name
+            self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+
+    def __call__(self, region: Region, x: np.ndarray) -> np.ndarray | None:
+        x32 = np.clip(np.asarray(x, dtype=np.float64).ravel(), region.lower, region.upper).astype(np.float32)
+        low, high = x32 < region.lower, x32 > region.upper
+        x32[low] = np.nextafter(x32[low], np.float32(np.inf))
+        x32[high] = np.nextafter(x32[high], np.float32(-np.inf))
+        xf = x32.astype(np.float64)
+        y = self.graph.forward(torch.as_tensor(xf)[None]).numpy()
+        if not self.prop.violated_by(xf, y):
+            return None
+        if self.sess is not None:
+            y32 = self.sess.run(None, {self.name: x32.reshape(self.shape)})[0]
+            if not self.prop.violated_by(xf, y32):
+                return None
+        return xf
+
+
+# --------------------------------------------------------------------------- one region
+
+
+@dataclass
+class _Region:
+    region: Region
+    layers: list
+    keep: torch.Tensor
+    lo: torch.Tensor  # (1, n_kept)
+    hi: torch.Tensor
+    bounds: list  # pre-ReLU (l, u), each (1, n_k)
+    graph: Graph = field(init=False)
+
+    def __post_init__(self):
+        self.graph = Graph.from_dense(self.layers)
+
+    def full_x(self, x_kept) -> np.ndarray:
+        x = (self.region.lower + self.region.upper) / 2
+        x[self.keep.numpy()] = np.asarray(x_kept, dtype=np.float64).ravel()[: len(self.keep)]
+        return x
+
+
+class _Found(Exception):
+    def __init__(self, x):
+        self.x = x
+
+
+def _leaf(p: _Region, bounds, C, rhs, deadline, check) -> bool:
+    """Decide a domain with every ReLU fixed by LP: True if infeasible; raises _Found on a cex."""
+    status, x, _ = milp_clause(p.layers, p.lo[0], p.hi[0], bounds, C, rhs, max(deadline.left(), 0.01))
+    if status == "unsat":
+        return True
+    if x is not None:
+        cex = check(p.region, p.full_x(x))
+        if cex is not None:
+            raise _Found(cex)
+    return False
+
+
+class _BaB:
+    """Branch and bound over ReLU splits for one clause (rows ``C (R, n_out)``, ``rhs (R,)``).
+
+    Resumable: :meth:`run` can be called again after a ``timeout`` and continues where it stopped.
+    """
+
+    def __init__(self, p: _Region, C, rhs, slopes):
+        self.p, self.C, self.rhs = p, C, rhs
+        self.Ct = torch.as_tensor(C, dtype=torch.float64)[None]
+        self.rt = torch.as_tensor(rhs, dtype=torch.float64)
+        self.bounds = [(l.clone(), u.clone()) for l, u in p.bounds]
+        self.splits = [torch.zeros_like(l) for l, _ in self.bounds]
+        lb, self.slopes, self.betas, self.lams = beta_spec(
+            p.graph, p.lo, p.hi, self.Ct, self.bounds, self.splits, slopes, None, 0
+        )
+        self.lb = (lb - self.rt).max(-1).values
+        self.proven, self.undecided, self.steps = float("inf"), False, 0
+
+    def _branch(self, pick):
+        """Index of the neuron to split (flat over layers) per picked domain, -1 for leaves."""
+        scores = []
+        for (l, u), s, lam in zip(self.bounds, self.splits, self.lams):
+            l, u, s, lam = l[pick], u[pick], s[pick], lam[pick].sum(1)
+            free = (l < 0) & (u > 0) & (s == 0)
+            gap = -l * u / (u - l).clamp(min=1e-12)  # BaBSR-like: |lambda| * chord intercept
+            scores.append(torch.where(free, lam.abs() * gap + 1e-9 * gap, torch.full_like(l, -1.0)))
+        best, idx = torch.cat(scores, 1).max(1)
+        return torch.where(best < 0, -1, idx)
+
+    def _children(self, go, idx, deadline):
+        m = len(go)
+        offs = np.cumsum([0] + [l.shape[1] for l, _ in self.bounds])
+        splits = []
+        for k, s in enumerate(self.splits):
+            s2 = torch.cat([s[go], s[go]])
+            rows = torch.nonzero((idx >= offs[k]) & (idx < offs[k + 1])).flatten()
+            cols = idx[rows] - int(offs[k])
+            s2[rows, cols] = 1.0
+            s2[rows + m, cols] = -1.0
+            splits.append(s2)
+        bounds = split_bounds([(torch.cat([l[go], l[go]]), torch.cat([u[go], u[go]])) for l, u in self.bounds], splits)
+        two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
+        p, n2 = self.p, 2 * m
+        lb, slopes, betas, lams = beta_spec(
+            p.graph, p.lo.expand(n2, -1), p.hi.expand(n2, -1), self.Ct.expand(n2, -1, -1),
+            bounds, splits, two(self.slopes), two(self.betas), BETA_ITERS, deadline=deadline,
+        )
+        return (lb - self.rt).max(-1).values, bounds, splits, slopes, betas, lams
+
+    def run(self, deadline: Deadline, check, log: list) -> tuple[str, float]:
+        """``("unsat", proven_lb)``, ``("timeout", lb)`` or ``("unknown", lb)`` (too many domains or
+        an LP leaf left undecided); raises :class:`_Found` with a confirmed counterexample."""
+        while len(self.lb):
+            if deadline.expired():
+                return "timeout", float(self.lb.min())
+            if len(self.lb) > MAX_DOMAINS:
+                log.append(f"bab: gave up at {len(self.lb)} domains")
+                return "unknown", float(self.lb.min())
+            self.steps += 1
+            order = self.lb.argsort()
+            pick, rest = order[:BATCH], order[BATCH:]
+            idx = self._branch(pick)
+            for d in pick[idx < 0].tolist():
+                dom = [(l[d], u[d]) for l, u in self.bounds]
+                if _leaf(self.p, dom, self.C, self.rhs, deadline, check):
+                    self.proven = min(self.proven, TAU)
+                else:
+                    self.undecided = True
+            go, idx = pick[idx >= 0], idx[idx >= 0]
+            old = (self.lb, self.bounds, self.splits, self.slopes, self.betas, self.lams)
+            if len(go):
+                lb, bounds, splits, slopes, betas, lams = self._children(go, idx, deadline)
+                done = lb > TAU
+                if done.any():
+                    self.proven = min(self.proven, float(lb[done].min()))
+                live = ~done
+            else:
+                lb, bounds, splits, slopes, betas, lams = old
+                live = torch.zeros(len(self.lb), dtype=torch.bool)
+            cat = lambda a, b: torch.cat([a[rest], b[live]])  # noqa: E731
+            self.lb = cat(self.lb, lb)
+            self.bounds = [(cat(l, cl), cat(u, cu)) for (l, u), (cl, cu) in zip(self.bounds, bounds)]
+            self.splits = [cat(a, b) for a, b in zip(self.splits, splits)]
+            self.slopes = [cat(a, b) for a, b in zip(self.slopes, slopes)]
+            self.betas = [cat(a, b) for a, b in zip(self.betas, betas)]
+            self.lams = [cat(a, b) for a, b in zip(self.lams, lams)]
+        log.append(f"bab: {self.steps} steps")
+        return ("unknown" if self.undecided else "unsat"), self.proven
+
+
+def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log: list):
+    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region."""
+    x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
+    if x is not None and (cex := check(region, x)) is not None:
+        log.append("pgd: counterexample")
+        return "sat", cex
+    lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
+    upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
+    layers, keep, bounds = simplify(graph.dense_layers(), lower, upper)
+    p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1])
+    widths = [W.shape[0] for W, _ in layers[:-1]]
+    log.append(f"simplified hidden widths {widths}, inputs {len(keep)}")
+
+    rows = [(c, np.asarray(C, dtype=np.float64), np.asarray(r, dtype=np.float64)) for c, (C, r) in enumerate(region.clauses)]
+    n_cl = len(rows)
+    Call = torch.as_tensor(np.concatenate([C for _, C, _ in rows]))[None]
+    rall = torch.as_tensor(np.concatenate([r for _, _, r in rows]))
+    owner = np.concatenate([[c] * len(r) for c, _, r in rows])
+
+    def clause_lb(row_lb):
+        return np.array([row_lb[owner == c].max() for c in range(n_cl)])
+
+    best = clause_lb((crown_spec(p.graph, p.lo, p.hi, Call, p.bounds) - rall)[0].numpy())
+    log.append(f"crown: {int((best > TAU).sum())}/{n_cl} clauses")
+    open_ = [c for c in range(n_cl) if best[c] <= TAU]
+    row_slopes = None
+    if open_:
+        ab = alpha_bounds(p.graph, p.lo, p.hi, iters=20, deadline=deadline)
+        p.bounds = [(torch.maximum(l, al), torch.minimum(u, au)) for (l, u), (al, au) in zip(p.bounds, ab)]
+        sel = torch.as_tensor(np.isin(owner, open_))
+        lb, row_slopes = alpha_spec(p.graph, p.lo, p.hi, Call[:, sel], p.bounds, iters=50, deadline=deadline)
+        row_lb = np.full(len(owner), -np.inf)
+        row_lb[sel.numpy()] = (lb - rall[sel])[0].numpy()
+        best = np.maximum(best, clause_lb(row_lb))
+        log.append(f"alpha: {int((best > TAU).sum())}/{n_cl} clauses")
+        sel_rows = np.flatnonzero(sel.numpy())
+        open_ = [c for c in range(n_cl) if best[c] <= TAU]
+    if open_:
+        x = pgd_attack(graph, region, restarts=256, steps=200, deadline=deadline, seed=1)
+        if x is not None and (cex := check(region, x)) is not None:
+            log.append("pgd: counterexample")
+            return "sat", cex
+    status, pending = "unsat", []
+    for c in sorted(open_, key=lambda c: -best[c]):
+        pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
+        _, C, r = rows[c]
+        pending.append((c, _BaB(p, C, r, [s[:, pos] for s in row_slopes])))
+    slice_s = 2.0
+    while pending:  # round robin with doubling time slices, easiest clauses first
+        for c, bab in list(pending):
+            if deadline.expired():
+                return "timeout", float(best.min())
+            share = Deadline(min(slice_s, deadline.left()))
+            st, lb_c = bab.run(share, check, log)
+            if st == "timeout":
+                continue
+            pending.remove((c, bab))
+            if st == "unknown" and not deadline.expired():
+                _, C, r = rows[c]
+                st, x, lb_c = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, deadline.left())
+                log.append(f"milp: {st}")
+                if st == "sat" and (cex := check(region, p.full_x(x))) is not None:
+                    return "sat", cex
+            if st == "unsat":
+                best[c] = max(best[c], lb_c)
+            else:
+                status = "unknown"
+        slice_s *= 2
+    return status, float(best.min())
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
+    """Decide ``prop`` on ``graph`` before ``deadline``; ``sat`` points are re-checked in
+    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``."""
+    t0 = time.monotonic()
+    log: list[str] = []
+    try:
+        g = graph.to(torch.float64)
+        check = _Checker(g, prop, onnx_path)
+        margins, status = [], "unsat"
+        for region in prop.regions:
+            st, val = _verify_region(g, region, deadline, check, log)
+            if st == "sat":
+                return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
+            margins.append(val)
+            if st != "unsat":
+                status = "timeout" if st == "timeout" or deadline.expired() else "unknown"
+        return Verdict(status, time.monotonic() - t0, margin=min(margins, default=None), log="; ".join(log))
+    except _Found as found:
+        log.append("bab: counterexample")
+        return Verdict("sat", time.monotonic() - t0, cex=found.x, log="; ".join(log))
+    except Exception as exc:  # noqa: BLE001 - the verdict carries the error
+        return Verdict("error", time.monotonic() - t0, log=f"{type(exc).__name__}: {exc}")
+
+
+class BuiltinVerifier:
+    name = "builtin"
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def verify(self, instance: Instance, timeout: float) -> Verdict:
+        t0 = time.monotonic()
+        deadline = Deadline(timeout)
+        try:
+            from ..export.vnnlib import read_vnnlib
+
+            graph = from_onnx(instance.onnx)
+            prop = read_vnnlib(instance.vnnlib)
+        except UnsupportedModel as exc:
+            return Verdict("error", time.monotonic() - t0, log=f"{instance.onnx}: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            return Verdict("error", time.monotonic() - t0, log=f"{type(exc).__name__}: {exc}")
+        verdict = verify_property(graph, prop, deadline, onnx_path=instance.onnx)
+        verdict.time_s = time.monotonic() - t0
+        return verdict
