@@ -42,6 +42,9 @@ def test_audit_names_wrong_verifiers(bench, tmp_path):
     assert (tmp_path / "out" / "audit.csv").is_file() and (tmp_path / "out" / "builtin" / "records.jsonl").is_file()
     again = audit(bench, names[:1], timeout=30, out_dir=tmp_path / "out")  # resumes from the records
     assert again["builtin"].tolist() == list(PROPS.values()) and not again["disagreement"].any()
+    assert audit(bench, names[:1], 30, tmp_path / "out", only="prop_7")["vnnlib"].tolist() == ["prop_7_0.03.vnnlib"]
+    with pytest.raises(ValueError, match="no instance matches 'nothing'"):
+        audit(bench, names[:1], 30, tmp_path / "out", only="nothing")
 
 
 @pytest.mark.parametrize("claims,want", [

@@ -40,13 +40,14 @@ def out_name(verifier: str) -> str:
 
 
 def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_dir: str | Path,
-          workers: int | None = None, progress=None) -> pd.DataFrame:
+          workers: int | None = None, progress=None, only: str | None = None) -> pd.DataFrame:
     """Run each verifier on every instance of ``benchmark_dir`` (per-instance timeout capped at
     ``timeout``), one resumable runner folder per verifier under ``out_dir``.
 
     Returns one row per instance: ``onnx``, ``vnnlib``, per verifier its status and ``<name> time_s``
     (a rejected ``sat`` shows as ``sat?``), and ``disagreement`` ("" when none). Also writes
-    ``out_dir/audit.csv``.
+    ``out_dir/audit.csv``. ``only`` keeps the instances whose ONNX or VNN-LIB path (relative to the
+    folder) contains it.
     """
     from vsbench.export.benchmark import read_instances
     from vsbench.verify.runner import run_verification
@@ -54,9 +55,14 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
     if not verifiers:
         raise ValueError("audit needs at least one verifier")
     root, out = Path(benchmark_dir), Path(out_dir)
-    instances = read_instances(root)
-    rows = [{"onnx": str(Path(i.onnx).relative_to(root)), "vnnlib": str(Path(i.vnnlib).relative_to(root))}
-            for i in instances]
+    instances, rows = [], []
+    for inst in read_instances(root):
+        row = {"onnx": str(Path(inst.onnx).relative_to(root)), "vnnlib": str(Path(inst.vnnlib).relative_to(root))}
+        if only is None or only in row["onnx"] or only in row["vnnlib"]:
+            instances.append(inst)
+            rows.append(row)
+    if not instances:
+        raise ValueError(f"{root}: no instance matches {only!r}")
     claims: list[dict[str, str]] = [{} for _ in instances]
     for name in verifiers:
         records = run_verification(instances, name, out / out_name(name), workers=workers, timeout_cap=timeout,
