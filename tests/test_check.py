@@ -60,5 +60,8 @@ def test_size_mismatch_and_timeout_limit(bench):
 
 
 def test_not_a_benchmark(tmp_path):
-    assert check_benchmark(tmp_path / "none") == [f"{tmp_path / 'none'}: not a folder"]
-    assert check_benchmark(tmp_path) == [f"{tmp_path}: no instances.csv"]
+    assert check_benchmark(tmp_path / "none") == ["not a folder"]
+    assert check_benchmark(tmp_path) == ["no instances.csv"]
+    (tmp_path / "a_instances.csv").write_text("")
+    (tmp_path / "b_instances.csv").write_text("")
+    assert check_benchmark(tmp_path)[0].startswith("several *instances.csv")

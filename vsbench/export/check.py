@@ -64,7 +64,7 @@ def _sizes_problem(path: Path, prop, sizes: tuple[int, int]) -> str:
 
 
 def check_benchmark(bench_dir: str | Path) -> list[str]:
-    """Problems of a VNN-COMP benchmark folder (each names its file); an empty list means it is valid.
+    """Problems of a VNN-COMP benchmark folder, each naming its file relative to the folder; [] = valid.
 
     Checks: one readable ``instances.csv`` (or ``*instances.csv``) with rows ``onnx,vnnlib,timeout``;
     files exist and stay inside the folder; every ONNX loads and runs in onnxruntime; every VNN-LIB
@@ -72,16 +72,16 @@ def check_benchmark(bench_dir: str | Path) -> list[str]:
     """
     root = Path(bench_dir)
     if not root.is_dir():
-        return [f"{root}: not a folder"]
+        return ["not a folder"]
     found = [root / "instances.csv"] if (root / "instances.csv").is_file() else sorted(root.glob("*instances.csv"))
     if len(found) != 1:
-        return [f"{root}: no instances.csv" if not found else f"{root}: several *instances.csv: {[f.name for f in found]}"]
+        return ["no instances.csv" if not found else f"several *instances.csv: {[f.name for f in found]}"]
     csv_path, problems, total, rows = found[0], [], 0.0, []
     try:
         with open(csv_path, newline="") as f:
             lines = list(enumerate(csv.reader(f), 1))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return [f"{csv_path}: unreadable ({exc})"]
+        return [f"{csv_path.name}: unreadable ({exc})"]
     for line, row in lines:
         row = [c.strip() for c in row]
         if not any(row):
