@@ -28,8 +28,10 @@ def bench(tmp_path, mnistfc_dir):
     return root
 
 
-def test_audit_names_wrong_verifiers(bench, tmp_path):
-    always_unsat = liar(tmp_path / "always_unsat", "unsat\\n")
+def test_audit_names_wrong_verifiers(bench, tmp_path, monkeypatch):
+    liar(tmp_path / "always_unsat", "unsat\\n")
+    monkeypatch.chdir(tmp_path)
+    always_unsat = "vnncomp:always_unsat"  # a relative tool folder works too
     bogus_sat = liar(tmp_path / "bogus_sat", "sat\\n" + "".join(f"(X_{i} 5.0)\\n" for i in range(784)))
     names = ["builtin", always_unsat, bogus_sat]
     table = audit(bench, names, timeout=30, out_dir=tmp_path / "out", workers=2)
