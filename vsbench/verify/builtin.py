@@ -177,7 +177,8 @@ class _BaB:
             p.graph, p.lo.expand(n2, -1), p.hi.expand(n2, -1), self.Ct.expand(n2, -1, -1),
             bounds, splits, two(self.slopes), two(self.betas), BETA_ITERS, deadline=deadline,
         )
-        return (lb - self.rt).max(-1).values, bounds, splits, slopes, betas, lams
+        parent_lb = torch.cat([self.lb[go], self.lb[go]])  # a subdomain is never looser than its parent
+        return torch.maximum((lb - self.rt).max(-1).values, parent_lb), bounds, splits, slopes, betas, lams
 
     def run(self, deadline: Deadline, check, log: list) -> tuple[str, float]:
         """``("unsat", proven_lb)``, ``("timeout", lb)`` or ``("unknown", lb)`` (too many domains or

@@ -94,8 +94,13 @@ def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float):
         m.row(np.append(prev[live[nz]], t), np.append(w[nz], -1.0), -inf, _np(rhs).ravel()[i] - Cb[i])
     h = m.solve(time_limit)
     status = h.getModelStatus()
-    if status == highspy.HighsModelStatus.kInfeasible:
-        return "unsat", None, TAU
+    if status == highspy.HighsModelStatus.kInfeasible:  # confirm: presolve has wrongly claimed it
+        h.setOptionValue("presolve", "off")
+        h.clearSolver()
+        h.run()
+        status = h.getModelStatus()
+        if status == highspy.HighsModelStatus.kInfeasible:
+            return "unsat", None, TAU
     info = h.getInfo()
     lb = info.mip_dual_bound if any(m.integer) else info.objective_function_value
     x = None

@@ -1,0 +1,110 @@
+"""The built-in verifier never contradicts the exact MILP and agrees with mnistfc reference verdicts."""
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from vsbench.bounds.crown import crown_bounds
+from vsbench.bounds.graph import Graph
+from vsbench.verify.api import Deadline, Instance, Property, Region
+from vsbench.verify.builtin import BuiltinVerifier, simplify, verify_property
+from vsbench.verify.milp import TAU, milp_clause
+
+MNISTFC = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) / "vnncomp2021-mnistfc"
+
+
+def _problem(seed):
+    rng = np.random.default_rng(seed)
+    n_in, w1, w2, n_out = rng.integers(2, 5), rng.integers(3, 7), rng.integers(3, 7), 3
+    layers = [
+        (torch.as_tensor(rng.normal(size=(o, i))), torch.as_tensor(rng.normal(size=o) * 0.5))
+        for i, o in ((n_in, w1), (w1, w2), (w2, n_out))
+    ]
+    if seed % 3 == 0:  # sparse weights exercise the simplification
+        layers = [(W * torch.as_tensor(rng.random(W.shape) < 0.5), b) for W, b in layers]
+    c = rng.normal(size=n_in)
+    r = rng.uniform(0.05, 0.6)
+    label = int(rng.integers(n_out))
+    clauses = []
+    for j in range(n_out):
+        if j != label:
+            C = np.zeros((1, n_out))
+            C[0, label], C[0, j] = 1.0, -1.0
+            clauses.append((C, np.zeros(1)))
+    return layers, Region(c - r, c + r, clauses)
+
+
+def _truth(layers, region):
+    """Exact verdict by MILP per clause, or None when the optimum is within the tolerance band."""
+    g = Graph.from_dense(layers)
+    lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
+    bounds = [(l[0], u[0]) for l, u in crown_bounds(g, lo, hi)[:-1]]
+    verdict = "unsat"
+    for C, rhs in region.clauses:
+        status, x, lb = milp_clause(layers, lo[0], hi[0], bounds, C, rhs, 30)
+        if status == "sat" and lb < -1e-4:
+            return "sat"
+        if status != "unsat":
+            verdict = None
+    return verdict
+
+
+def test_verifier_never_contradicts_milp():
+    torch.set_num_threads(1)
+    counts = {"sat": 0, "unsat": 0}
+    for seed in range(120):
+        layers, region = _problem(seed)
+        g = Graph.from_dense(layers)
+        prop = Property([region])
+        v = verify_property(g, prop, Deadline(20))
+        truth = _truth(layers, region)
+        assert v.status in ("sat", "unsat"), (seed, v.status, v.log)
+        if v.status == "sat":
+            y = g.forward(torch.as_tensor(v.cex)[None]).numpy()
+            assert prop.violated_by(v.cex, y), seed
+            assert truth != "unsat", seed
+        else:
+            assert truth != "sat", seed
+            assert v.margin is not None and v.margin > TAU
+        counts[v.status] += 1
+    assert counts["sat"] > 10 and counts["unsat"] > 10, counts
+
+
+def test_simplify_is_exact():
+    rng = np.random.default_rng(0)
+    layers = [(torch.as_tensor(rng.normal(size=(o, i)) * (rng.random((o, i)) < 0.3)), torch.as_tensor(rng.normal(size=o)))
+              for i, o in ((8, 12), (12, 10), (10, 3))]
+    lo, hi = torch.zeros(1, 8, dtype=torch.float64), torch.ones(1, 8, dtype=torch.float64)
+    small, keep, _ = simplify(layers, lo, hi)
+    x = torch.rand(500, 8, dtype=torch.float64)
+    full = Graph.from_dense(layers).forward(x)
+    assert torch.allclose(Graph.from_dense(small).forward(x[:, keep]), full)
+    assert sum(W.numel() for W, _ in small) < sum(W.numel() for W, _ in layers)
+
+
+def test_unsupported_onnx_is_an_error(tmp_path):
+    node = helper.make_node("Sigmoid", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
+    path = tmp_path / "sig.onnx"
+    onnx.save(helper.make_model(graph), path)
+    v = BuiltinVerifier().verify(Instance(path, tmp_path / "none.vnnlib", 5), 5)
+    assert v.status == "error" and "Sigmoid" in v.log
+
+
+@pytest.mark.skipif(not MNISTFC.exists(), reason="mnistfc benchmark not available")
+@pytest.mark.parametrize("vnnlib", ["prop_2_0.03.vnnlib", "prop_4_0.03.vnnlib", "prop_1_0.05.vnnlib", "prop_0_0.03.vnnlib"])
+def test_mnistfc_reference_verdicts(vnnlib):
+    torch.set_num_threads(1)
+    ref = {(r["onnx"], r["vnnlib"]): r["verdict"] for r in csv.DictReader((MNISTFC / "reference_verdicts.csv").open())}
+    net = "mnist-net_256x2.onnx"
+    v = BuiltinVerifier().verify(Instance(MNISTFC / net, MNISTFC / vnnlib, 60), 60)
+    assert v.status == ref[(net, vnnlib)], v.log
