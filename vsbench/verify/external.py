@@ -73,12 +73,11 @@ def write_result_file(path: str | Path, status: str, x: np.ndarray | None = None
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None,
-                env: dict | None = None) -> tuple[int | None, str]:
+def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group; (exit code or None when killed at ``timeout``, output)."""
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=cwd, env=env, start_new_session=True)
+                                cwd=cwd, start_new_session=True)
         try:
             rc = proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
@@ -96,7 +95,7 @@ def _file_verdict(result: Path, rc: int | None, output: str, t0: float, timeout:
     elapsed = time.monotonic() - t0
     if rc is None:
         return Verdict("timeout", elapsed, log=f"{what} killed after {timeout:g} s\n{output}"[-LOG_CHARS:])
-    if not result.is_file() or not result.read_text().strip():
+    if not result.is_file():
         return Verdict("error", elapsed, log=f"{what} exited {rc} without a result file\n{output}"[-LOG_CHARS:])
     try:
         status, cex = read_result_file(result)
