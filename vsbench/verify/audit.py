@@ -39,14 +39,6 @@ def out_name(verifier: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", verifier).strip("_")
 
 
-def resolved(verifier: str) -> str:
-    """``vnncomp:DIR`` with DIR made absolute (Ray workers do not share the caller's working folder)."""
-    prefix = "vnncomp:"
-    if verifier.startswith(prefix) and len(verifier) > len(prefix):
-        return prefix + str(Path(verifier[len(prefix):]).expanduser().resolve())
-    return verifier
-
-
 def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_dir: str | Path,
           workers: int | None = None, progress=None, only: str | None = None) -> pd.DataFrame:
     """Run each verifier on every instance of ``benchmark_dir`` (per-instance timeout capped at
@@ -58,6 +50,7 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
     folder) contains it.
     """
     from vsbench.export.benchmark import read_instances
+    from vsbench.verify.registry import resolved
     from vsbench.verify.runner import run_verification
 
     if not verifiers:
@@ -73,7 +66,7 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
         raise ValueError(f"{root}: no instance matches {only!r}")
     claims: list[dict[str, str]] = [{} for _ in instances]
     for name in verifiers:
-        records = run_verification(instances, resolved(name), out / out_name(resolved(name)), workers=workers,
+        records = run_verification(instances, name, out / out_name(resolved(name)), workers=workers,
                                    timeout_cap=timeout, progress=progress)
         for row, claim, rec in zip(rows, claims, records):
             claim[name] = _claim(rec)

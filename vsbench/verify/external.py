@@ -299,4 +299,3 @@ class VnncompToolVerifier:
             return _file_verdict(result, rc, out, t0, timeout, "run_instance.sh")
 
 
-VnncompVerifier = VnncompToolVerifier  # the name vsbench.verify.registry looks up for "vnncomp:DIR"

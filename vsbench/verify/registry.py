@@ -6,6 +6,7 @@ Factories are imported lazily so that a missing optional tool only matters when 
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 
 from .api import Verifier
 
@@ -17,7 +18,7 @@ VERIFIERS: dict[str, str] = {
 }
 # prefix -> "module:attribute" of a one-argument factory taking what follows the prefix
 PREFIXES: dict[str, str] = {
-    "vnncomp:": "vsbench.verify.external:VnncompVerifier",
+    "vnncomp:": "vsbench.verify.external:VnncompToolVerifier",
 }
 
 
@@ -27,6 +28,14 @@ def _load(target: str, name: str):
         return getattr(import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"verifier {name!r} is not available in this installation ({exc})") from None
+
+
+def resolved(name: str) -> str:
+    """``vnncomp:DIR`` with DIR made absolute (Ray workers do not share the caller's working folder)."""
+    prefix = "vnncomp:"
+    if name.startswith(prefix) and len(name) > len(prefix):
+        return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
+    return name
 
 
 def get_verifier(name: str) -> Verifier:

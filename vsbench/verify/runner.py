@@ -110,10 +110,12 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     """
     import ray
 
+    if isinstance(verifier_name, str):
+        from vsbench.verify.registry import get_verifier, resolved
+
+        verifier_name = resolved(verifier_name)
     name = _verifier_name(verifier_name)
     if isinstance(verifier_name, str):
-        from vsbench.verify.registry import get_verifier
-
         ok, reason = get_verifier(verifier_name).available()  # unknown or unusable: one error here
         if not ok:
             raise ValueError(f"verifier {verifier_name!r} is not available: {reason}")
