@@ -41,7 +41,8 @@ def beta_spec(
 
     ``bounds``: per-ReLU ``(l, u)`` of shape ``(D, n_k)`` (clamped by :func:`split_bounds`);
     ``splits``: per-ReLU signs ``(D, n_k)``. Returns ``(lb (D, S), slopes, betas, lams)`` with
-    ``lams[k]`` the coefficient of the ReLU ``k`` output at the best parameters (for branching).
+    ``lams`` the coefficients of each ReLU output and of the input at the best parameters (see
+    :func:`vsbench.bounds.crown.backward`).
     """
     S = C.shape[1]
     if slopes is None:

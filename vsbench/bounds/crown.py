@@ -48,7 +48,8 @@ def backward(
     ``slopes[k]`` (broadcastable to ``(B, S, n_k)``, values in [0, 1]) replaces the lower slope of
     unstable neurons of ReLU ``k``; ``extra[k]`` is added to the coefficients of the ReLU ``k``
     pre-activation (beta-CROWN split terms). Returns ``(lb (B, S), lams)`` where ``lams[k]`` is the
-    coefficient of the ReLU ``k`` output (only when ``keep``; used for branching).
+    coefficient of the ReLU ``k`` output and ``lams[-1]`` that of the input (only when ``keep``; used
+    for branching and for the box corner that minimises the linear bound).
     """
     lo, hi = _flat(lower), _flat(upper)
     A = C
@@ -73,6 +74,8 @@ def backward(
         elif isinstance(op, AFFINE):
             bias = bias + op.bias_term(A)
             A = op.back(A)
+    if keep:
+        lams.append(A)
     mid, rad = (hi + lo) / 2, (hi - lo) / 2
     lb = torch.einsum("bsn,bn->bs", A, mid) - torch.einsum("bsn,bn->bs", A.abs(), rad) + bias
     return lb, lams

@@ -45,7 +45,8 @@ def pgd_attack(
     hi = torch.as_tensor(region.upper, dtype=torch.float64).reshape(1, -1)
     gen = torch.Generator().manual_seed(seed)
     x = lo + (hi - lo) * torch.rand(restarts, lo.shape[1], generator=gen, dtype=torch.float64)
-    x[0] = (lo + hi)[0] / 2
+    if restarts:
+        x[0] = (lo + hi)[0] / 2
     if starts is not None and len(starts):
         x = torch.cat([torch.as_tensor(np.asarray(starts), dtype=torch.float64).reshape(-1, lo.shape[1]), x])
     x = torch.minimum(torch.maximum(x, lo), hi)

@@ -136,8 +136,8 @@ class _BaB:
     Resumable: :meth:`run` can be called again after a ``timeout`` and continues where it stopped.
     """
 
-    def __init__(self, p: _Region, C, rhs, slopes):
-        self.p, self.C, self.rhs = p, C, rhs
+    def __init__(self, p: _Region, C, rhs, slopes, full_graph: Graph):
+        self.p, self.C, self.rhs, self.full_graph = p, C, rhs, full_graph
         self.Ct = torch.as_tensor(C, dtype=torch.float64)[None]
         self.rt = torch.as_tensor(rhs, dtype=torch.float64)
         self.bounds = [(l.clone(), u.clone()) for l, u in p.bounds]
@@ -180,6 +180,24 @@ class _BaB:
         parent_lb = torch.cat([self.lb[go], self.lb[go]])  # a subdomain is never looser than its parent
         return torch.maximum((lb - self.rt).max(-1).values, parent_lb), bounds, splits, slopes, betas, lams
 
+    def _falsify(self, lb, A, check, n: int = 16):
+        """Try the box corners minimising the linear bounds of the ``n`` worst domains (and every fifth
+        step PGD from them); raises :class:`_Found` on a confirmed counterexample."""
+        worst = lb.argsort()[:n]
+        p = self.p
+        x = torch.where(A[worst].sum(1) >= 0, p.lo, p.hi)
+        t = ((p.graph.forward(x) @ self.Ct[0].T) - self.rt).max(-1).values
+        starts = np.stack([p.full_x(xi) for xi in x.numpy()])
+        for i in torch.nonzero(t <= 0).flatten().tolist():
+            if (cex := check(p.region, starts[i])) is not None:
+                raise _Found(cex)
+        if self.steps % 5 != 1:
+            return
+        y = pgd_attack(self.full_graph, Region(p.region.lower, p.region.upper, [(self.C, self.rhs)]),
+                       restarts=0, steps=20, seed=self.steps, starts=starts)
+        if y is not None and (cex := check(p.region, y)) is not None:
+            raise _Found(cex)
+
     def run(self, deadline: Deadline, check, log: list) -> tuple[str, float]:
         """``("unsat", proven_lb)``, ``("timeout", lb)`` or ``("unknown", lb)`` (too many domains or
         an LP leaf left undecided); raises :class:`_Found` with a confirmed counterexample."""
@@ -203,6 +221,7 @@ class _BaB:
             old = (self.lb, self.bounds, self.splits, self.slopes, self.betas, self.lams)
             if len(go):
                 lb, bounds, splits, slopes, betas, lams = self._children(go, idx, deadline)
+                self._falsify(lb, lams[-1], check)
                 done = lb > TAU
                 if done.any():
                     self.proven = min(self.proven, float(lb[done].min()))
@@ -267,7 +286,7 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
     for c in sorted(open_, key=lambda c: -best[c]):
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
         _, C, r = rows[c]
-        pending.append((c, _BaB(p, C, r, [s[:, pos] for s in row_slopes])))
+        pending.append((c, _BaB(p, C, r, [s[:, pos] for s in row_slopes], graph)))
     slice_s = 2.0
     while pending:  # round robin with doubling time slices, easiest clauses first
         for c, bab in list(pending):
