@@ -21,8 +21,8 @@ from .api import Deadline, Instance, Property, Region, Verdict
 from .attack import pgd_attack
 from .milp import TAU, milp_clause
 
-BATCH = 256  # BaB domains bounded per step (each split gives two children)
-BETA_ITERS = 10
+BATCH = 512  # BaB domains bounded per step (each split gives two children)
+BETA_ITERS = 5
 MAX_DOMAINS = 200_000
 
 
