@@ -242,6 +242,8 @@ class _BaB:
 
 def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log: list):
     """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region."""
+    if not region.clauses:  # nothing can violate it
+        return "unsat", float("inf")
     x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
     if x is not None and (cex := check(region, x)) is not None:
         log.append("pgd: counterexample")
