@@ -154,8 +154,9 @@ class _BaB:
         for (l, u), s, lam in zip(self.bounds, self.splits, self.lams):
             l, u, s, lam = l[pick], u[pick], s[pick], lam[pick].sum(1)
             free = (l < 0) & (u > 0) & (s == 0)
-            gap = -l * u / (u - l).clamp(min=1e-12)  # BaBSR-like: |lambda| * chord intercept
-            scores.append(torch.where(free, lam.abs() * gap + 1e-9 * gap, torch.full_like(l, -1.0)))
+            gap = -l * u / (u - l).clamp(min=1e-12)  # BaBSR: bound lost to the chord's intercept
+            score = (-lam).clamp(min=0) * gap + 1e-9 * gap
+            scores.append(torch.where(free, score, torch.full_like(l, -1.0)))
         best, idx = torch.cat(scores, 1).max(1)
         return torch.where(best < 0, -1, idx)
 
