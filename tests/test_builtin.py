@@ -58,7 +58,7 @@ def _truth(layers, region):
 def test_verifier_never_contradicts_milp():
     torch.set_num_threads(1)
     counts = {"sat": 0, "unsat": 0}
-    for seed in range(120):
+    for seed in range(200):
         layers, region = _problem(seed)
         g = Graph.from_dense(layers)
         prop = Property([region])
