@@ -21,7 +21,7 @@ MNISTFC = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) 
 
 def _problem(seed):
     rng = np.random.default_rng(seed)
-    n_in, w1, w2, n_out = rng.integers(2, 5), rng.integers(3, 7), rng.integers(3, 7), 3
+    n_in, w1, w2, n_out = rng.integers(2, 5), rng.integers(4, 9), rng.integers(4, 9), 3
     layers = [
         (torch.as_tensor(rng.normal(size=(o, i))), torch.as_tensor(rng.normal(size=o) * 0.5))
         for i, o in ((n_in, w1), (w1, w2), (w2, n_out))
@@ -29,8 +29,8 @@ def _problem(seed):
     if seed % 3 == 0:  # sparse weights exercise the simplification
         layers = [(W * torch.as_tensor(rng.random(W.shape) < 0.5), b) for W, b in layers]
     c = rng.normal(size=n_in)
-    r = rng.uniform(0.05, 0.6)
-    label = int(rng.integers(n_out))
+    r = rng.uniform(0.05, 1.0)
+    label = int(Graph.from_dense(layers).forward(torch.as_tensor(c)[None]).argmax())  # robust near c
     clauses = []
     for j in range(n_out):
         if j != label:
@@ -57,7 +57,7 @@ def _truth(layers, region):
 
 def test_verifier_never_contradicts_milp():
     torch.set_num_threads(1)
-    counts = {"sat": 0, "unsat": 0}
+    counts = {"sat": 0, "unsat": 0, "bab": 0}
     for seed in range(200):
         layers, region = _problem(seed)
         g = Graph.from_dense(layers)
@@ -73,7 +73,8 @@ def test_verifier_never_contradicts_milp():
             assert truth != "sat", seed
             assert v.margin is not None and v.margin > TAU
         counts[v.status] += 1
-    assert counts["sat"] > 10 and counts["unsat"] > 10, counts
+        counts["bab"] += "bab:" in v.log
+    assert counts["sat"] > 10 and counts["unsat"] > 10 and counts["bab"] > 5, counts
 
 
 def test_simplify_is_exact():
