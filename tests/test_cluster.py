@@ -70,7 +70,7 @@ def cluster():
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start", f"--node-ip-address={HOST}", "--num-cpus=1",
                f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats"]  # + free ports where Ray's defaults are fixed
     starts = [ray_cli + ["--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
-                         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+                         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
                          '--resources={"head": 1}'],
               ray_cli + [f"--address={address}", f"--dashboard-agent-listen-port={_free_port()}",
                          '--resources={"second": 1}']]
