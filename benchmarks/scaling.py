@@ -3,8 +3,9 @@
     python benchmarks/scaling.py [--workers 1 2] [--repeat R] [--props prop_0_0.03 ...] [--timeout 60]
 
 Each worker count gets a fresh local Ray with that many CPUs and a fresh out folder; the wall time is
-that of ``run_verification`` (Ray's own start is excluded, its worker processes' start is included),
-the best of ``--repeat`` runs (worker counts interleaved, so a burst of other load hits them alike).
+that of ``run_verification`` once each worker process has started and imported the verifier (a long
+run pays that once per worker, not per instance), the best of ``--repeat`` runs (worker counts
+interleaved, so a burst of other load hits them alike).
 Ray sets OMP_NUM_THREADS=1 in each 1-CPU task and the runner calls ``torch.set_num_threads(1)``, so
 N workers use N cores. ``busy`` = sum of per-instance verifier seconds / wall: near N when the runner
 keeps all N workers fed (a low speedup with a high busy means the cores were shared with other work).
@@ -29,10 +30,18 @@ PROPS = ["prop_0_0.03", "prop_5_0.03", "prop_9_0.03", "prop_13_0.03", "prop_6_0.
          "prop_2_0.05", "prop_4_0.05", "prop_11_0.05", "prop_3_0.05"]
 
 
+def _warm() -> None:
+    """Start a worker process and import the verifier there (torch, onnxruntime, HiGHS)."""
+    import vsbench.verify.builtin  # noqa: F401
+
+    time.sleep(1.0)  # hold this worker so that every warm-up task gets a process of its own
+
+
 def measure(instances, workers: int, timeout: float) -> tuple[float, list[dict]]:
     """Wall seconds and records of one run with ``workers`` CPUs."""
     init_ray(workers)
     try:
+        ray.get([ray.remote(num_cpus=1)(_warm).remote() for _ in range(workers)])
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             records = run_verification(instances, "builtin", out, workers=workers, timeout_cap=timeout)
