@@ -160,7 +160,7 @@ def train_jobs(jobs: list, models_dir: Path, data_dir: Path | None, workers: int
     if not jobs:
         return
     init_ray(workers, ray_address)
-    gpus = 1 if torch.cuda.is_available() else 0
+    gpus = 1 if torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1 else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=1)(_train_one)
     threads = 1 if len(jobs) > 1 else max(1, int(ray.available_resources().get("CPU", 1)))
     pending = {remote.remote(cfg, meta, data_dir, threads): name for name, cfg, meta in jobs}
@@ -172,6 +172,8 @@ def train_jobs(jobs: list, models_dir: Path, data_dir: Path | None, workers: int
             model, manifest = ray.get(ready[0])
         except ray.exceptions.RayTaskError as exc:
             raise RuntimeError(f"training {name} failed: {exc.cause!r}") from None
+        except ray.exceptions.RayError as exc:  # the worker died twice (crash, OOM kill, node lost)
+            raise RuntimeError(f"training {name} failed: {type(exc).__name__}: {exc}") from None
         save_checkpoint(models_dir / name, model, manifest)
         finished += 1
         on_done(finished)
