@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .crown import Bounds, _pm_eye, _relu_positions, backward, relax
+from .crown import Bounds, backward, layerwise_bounds, relax
 from .graph import Graph
-from .ibp import ibp_bounds
 
 
 def init_slopes(intermediate: Bounds, S: int) -> list[torch.Tensor]:
@@ -82,14 +81,7 @@ def alpha_bounds(
     Layers are done in order, each using the optimised bounds of the earlier ones; the result is
     intersected with IBP and so never looser than IBP or CROWN.
     """
-    ibp = ibp_bounds(graph, lower, upper)
-    B = lower.shape[0]
-    bounds: Bounds = []
-    ends = _relu_positions(graph) + [len(graph.ops)]
-    for k, end in enumerate(ends):
-        head = Graph(graph.ops[:end], graph.in_shape)
-        n = ibp[k][0].shape[1]
-        C = _pm_eye(B, n, ibp[k][0])
-        lb, _ = alpha_spec(head, lower, upper, C, bounds, iters if k else 0, lr, deadline=deadline)
-        bounds.append((torch.maximum(lb[:, :n], ibp[k][0]), torch.minimum(-lb[:, n:], ibp[k][1])))
-    return bounds
+    return layerwise_bounds(
+        graph, lower, upper,
+        lambda head, C, bounds, k: alpha_spec(head, lower, upper, C, bounds, iters if k else 0, lr, deadline=deadline)[0],
+    )

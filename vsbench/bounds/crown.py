@@ -90,10 +90,11 @@ def _pm_eye(B: int, n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.cat([eye, -eye]).expand(B, 2 * n, n)
 
 
-def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
-    """CROWN bounds of every ReLU input, then of the output (layout of :func:`ibp_bounds`).
+def layerwise_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, bound_layer) -> Bounds:
+    """Bounds of every ReLU input, then of the output (layout of :func:`ibp_bounds`).
 
-    Each layer is bounded by CROWN given the earlier layers' bounds, intersected with IBP.
+    ``bound_layer(head, C, bounds, k)`` lower-bounds ``C @ head(x)`` for the sub-network ``head``
+    ending at layer ``k``, given the earlier layers' ``bounds``; each result is intersected with IBP.
     """
     ibp = ibp_bounds(graph, lower, upper)
     B = lower.shape[0]
@@ -102,11 +103,14 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> Boun
     for k, end in enumerate(ends):
         head = Graph(graph.ops[:end], graph.in_shape)
         n = ibp[k][0].shape[1]
-        lb, _ = backward(head, lower, upper, _pm_eye(B, n, ibp[k][0]), bounds)
-        l = torch.maximum(lb[:, :n], ibp[k][0])
-        u = torch.minimum(-lb[:, n:], ibp[k][1])
-        bounds.append((l, u))
+        lb = bound_layer(head, _pm_eye(B, n, ibp[k][0]), bounds, k)
+        bounds.append((torch.maximum(lb[:, :n], ibp[k][0]), torch.minimum(-lb[:, n:], ibp[k][1])))
     return bounds
+
+
+def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
+    """CROWN bounds of every ReLU input, then of the output, each layer intersected with IBP."""
+    return layerwise_bounds(graph, lower, upper, lambda head, C, bounds, k: backward(head, lower, upper, C, bounds)[0])
 
 
 def crown_spec(

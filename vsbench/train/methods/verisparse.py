@@ -39,6 +39,13 @@ def drop_fraction(step: int, total: int, alpha: float, stop_frac: float) -> floa
     return alpha / 2 * (1 + math.cos(math.pi * step / end))
 
 
+def update_fraction(opt, st) -> float:
+    """The fraction to drop and regrow at this step: 0 off the ``delta_t`` grid and after ``stop_frac``."""
+    if st.step % opt.delta_t:
+        return 0.0
+    return drop_fraction(st.step, st.total_steps, opt.alpha, opt.stop_frac)
+
+
 def reset_optimizer_state(optimizer, param, where: torch.Tensor) -> None:
     """Zero Adam's moments of ``param`` at ``where`` (weights that just changed topology)."""
     state = optimizer.state.get(param, {})
@@ -68,9 +75,7 @@ class VeriSparse(Sparsifier):
         self.trace.append(sum(float(get_mask(m).sum()) for m in layers) / sum(m.weight.numel() for m in layers))
 
     def after_step(self, model, st) -> None:
-        if st.step % self.opt.delta_t:
-            return
-        frac = drop_fraction(st.step, st.total_steps, self.opt.alpha, self.opt.stop_frac)
+        frac = update_fraction(self.opt, st)
         if frac <= 0:
             return
         grads = st.weight_grads(model) if self.opt.grow == "gradient" else [None] * len(prunable(model))

@@ -19,7 +19,7 @@ from vsbench.train.sparsity import compact, get_mask, prunable, raw_weight, set_
 
 from . import register
 from .base import Sparsifier
-from .verisparse import drop_fraction, reset_optimizer_state
+from .verisparse import reset_optimizer_state, update_fraction
 
 
 class StructuredOptions(BaseModel):
@@ -54,9 +54,7 @@ class VeriSparseStructured(Sparsifier):
             raw_weight(m, "bias").data.mul_(get_mask(m, "bias"))
 
     def after_step(self, model, st) -> None:
-        if st.step % self.opt.delta_t:
-            return
-        frac = drop_fraction(st.step, st.total_steps, self.opt.alpha, self.opt.stop_frac)
+        frac = update_fraction(self.opt, st)
         if frac <= 0:
             return
         layers = prunable(model)
