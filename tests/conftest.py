@@ -7,8 +7,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-os.environ.setdefault("VSBENCH_DATA", str(SHARED / "data"))
-os.environ.setdefault("VSBENCH_BENCHMARKS", str(SHARED / "benchmarks"))
+# absolute paths: subprocesses and Ray workers of the tests run in other folders
+for var, default in (("VSBENCH_DATA", SHARED / "data"), ("VSBENCH_BENCHMARKS", SHARED / "benchmarks")):
+    os.environ[var] = str(Path(os.environ.get(var) or default).absolute())
 
 
 @pytest.fixture(scope="session")

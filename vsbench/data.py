@@ -99,12 +99,12 @@ def cache_dir() -> Path:
 
 
 def resolve_data_dir(cli_dir: str | Path | None = None) -> Path:
-    """``cli_dir``, else ``$VSBENCH_DATA``, else the user cache folder."""
+    """``cli_dir``, else ``$VSBENCH_DATA``, else the user cache folder; always an absolute path."""
     if cli_dir:
-        return Path(cli_dir).expanduser()
+        return Path(cli_dir).expanduser().absolute()
     if os.environ.get("VSBENCH_DATA"):
-        return Path(os.environ["VSBENCH_DATA"]).expanduser()
-    return cache_dir()
+        return Path(os.environ["VSBENCH_DATA"]).expanduser().absolute()
+    return cache_dir().absolute()
 
 
 def _sha256(path: Path) -> str:
@@ -188,7 +188,7 @@ def load_dataset(
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
     root = resolve_data_dir(data_dir)
-    may_download = not data_dir and not os.environ.get("VSBENCH_DATA")
+    may_download = root == cache_dir().absolute()  # only the user cache is ever filled by a download
     img_file, lab_file = info.files[split]
     img_path = _locate(info, img_file, root, may_download)
     lab_path = _locate(info, lab_file, root, may_download)

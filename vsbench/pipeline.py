@@ -68,7 +68,9 @@ class RunContext:
         run_dir = Path(out) if out else Path("results") / run_id
         models_dir = run_dir / "models" if out else Path("models") / run_id
         announce(f"suite {suite.name}, profile {chosen} ({how}); run folder {run_dir}")
-        ctx = cls(suite, chosen, run_dir, models_dir, data_dir)
+        from vsbench.data import resolve_data_dir
+
+        ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir))  # absolute: workers use it
         ctx.write_manifest()
         return ctx
 

@@ -148,7 +148,7 @@ def _inside(root: Path, rel: str, csv_path: Path, line: int) -> Path:
         raise BenchmarkError(f"{csv_path}:{line}: path {rel!r} leaves the folder (through a link)")
     if not full.is_file():
         raise BenchmarkError(f"{csv_path}:{line}: file {rel!r} does not exist")
-    return full
+    return full.absolute()  # Ray workers and subprocesses do not share the caller's working folder
 
 
 def read_instances(bench_dir: str | Path) -> list[Instance]:

@@ -55,7 +55,7 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
 
     if not verifiers:
         raise ValueError("audit needs at least one verifier")
-    root, out = Path(benchmark_dir), Path(out_dir)
+    root, out = Path(benchmark_dir).absolute(), Path(out_dir)
     instances, rows = [], []
     for inst in read_instances(root):
         row = {"onnx": str(Path(inst.onnx).relative_to(root)), "vnnlib": str(Path(inst.vnnlib).relative_to(root))}
