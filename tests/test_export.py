@@ -107,6 +107,7 @@ def test_benchmark_folder(tmp_path, data_dir):
              for m, net in (("good", good), ("bad", bad))}
     assert len(right["good"]) >= 6 and len(right["bad"]) < len(right["good"])
     wrong = json.loads((out / "misclassified.json").read_text())
+    assert "2 ONNX models" in (out / "README.md").read_text() and "eps 0.02" in (out / "README.md").read_text()
     for m in ("good", "bad"):
         assert sorted(wrong[m]) == sorted(set(idx) - set(right[m]))
         assert sorted(i.meta["property"] for i in inst if i.meta["model"] == m) == sorted(right[m])

@@ -42,6 +42,16 @@ def property_name(index: int, eps: float) -> str:
     return f"prop_{index}_eps{eps:g}.vnnlib"
 
 
+README = """# vsbench benchmark (VNN-COMP layout)
+
+{models} ONNX models (`onnx/`, input in pixel scale [0, 1], normalisation inside the model) and
+{n} L-inf local-robustness properties (`vnnlib/`, VNN-LIB 1.0, eps {eps:g} clipped to [0, 1]).
+`instances.csv` lists (onnx, vnnlib, timeout = {timeout:g} s) for every image a model classifies
+correctly; `misclassified.json` names the others. `python generate_properties.py SEED` regenerates
+the properties from a seed (needs vsbench and the dataset). Provenance: {meta}.
+"""
+
+
 def write_benchmark(out_dir: str | Path, models: dict, images, labels, indices, eps: float, timeout: float,
                     meta: dict | None = None) -> list[Instance]:
     """Write a VNN-COMP folder for ``models`` (name -> (nn.Module, in_shape)) on test images ``indices``.
@@ -54,6 +64,8 @@ def write_benchmark(out_dir: str | Path, models: dict, images, labels, indices, 
     for name, (model, shape) in sorted(models.items()):
         export_onnx(model, tuple(shape), out / "onnx" / f"{name}.onnx")
     _write_text(out / "generate_properties.py", GENERATE_PROPERTIES)
+    _write_text(out / "README.md", README.format(models=len(models), n=len(indices), eps=eps, timeout=timeout,
+                                                 meta=json.dumps(meta or {})))
     return write_properties(out, sorted(models), images, labels, indices, eps, timeout, meta)
 
 
