@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -139,6 +140,16 @@ def test_read_mnistfc(mnistfc_dir):
     inst = read_instances(mnistfc_dir)
     assert len(inst) == 90 and inst[0].timeout == 120
     assert inst[0].onnx == mnistfc_dir / "mnist-net_256x2.onnx" and inst[0].meta["model"] == "mnist-net_256x2"
+
+
+def test_filter_matches_paths_inside_the_folder(tmp_path, mnistfc_dir):
+    bench = tmp_path / "bench-256x2"  # the folder's own name must not match every instance
+    shutil.copytree(mnistfc_dir, bench)
+    inst = read_instances(bench, only="256x2")
+    assert len(inst) == 30 and all(i.onnx.name == "mnist-net_256x2.onnx" for i in inst)
+    assert len(read_instances(bench, only="prop_3_0.05")) == 3
+    with pytest.raises(BenchmarkError, match="no instance matches 'prop_99'"):
+        read_instances(bench, only="prop_99")
 
 
 @pytest.mark.parametrize("row, problem", [

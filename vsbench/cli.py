@@ -143,7 +143,7 @@ def export(
     profile: Optional[str] = PROFILE,
     out: Optional[Path] = OUT,
     data_dir: Optional[Path] = DATA,
-    vnncomp: Optional[Path] = typer.Option(None, "--vnncomp", help="Also copy the benchmark as a VNN-COMP folder here."),
+    vnncomp: Optional[Path] = typer.Option(None, "--vnncomp", help="Write the VNN-COMP benchmark folder here instead of RUN/benchmark."),
 ):
     """Export trained models to ONNX and their properties to VNN-LIB (+ instances.csv)."""
     from vsbench.pipeline import export_models
@@ -177,11 +177,7 @@ def verify(
 
     import pandas as pd
 
-    instances = read_instances(benchmark_dir)
-    if filter:
-        instances = [i for i in instances if filter in str(i.onnx) or filter in str(i.vnnlib)]
-        if not instances:
-            raise ValueError(f"{benchmark_dir}: no instance matches --filter {filter!r}")
+    instances = read_instances(benchmark_dir, only=filter)
     check_inputs(instances)
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:

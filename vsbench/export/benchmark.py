@@ -163,11 +163,12 @@ def _inside(root: Path, rel: str, csv_path: Path, line: int) -> Path:
     return full.absolute()  # Ray workers and subprocesses do not share the caller's working folder
 
 
-def read_instances(bench_dir: str | Path) -> list[Instance]:
+def read_instances(bench_dir: str | Path, only: str | None = None) -> list[Instance]:
     """Instances of a VNN-COMP folder's ``instances.csv`` (or its one ``*instances.csv``).
 
     Paths must be relative and stay inside the folder and the files must exist; timeouts must be
     positive. Meta (model, property, label, eps) comes from ``properties.json`` when present.
+    ``only`` keeps the instances whose onnx or vnnlib path, as written in the CSV, contains it.
     """
     root = Path(bench_dir)
     if not root.is_dir():
@@ -196,8 +197,12 @@ def read_instances(bench_dir: str | Path) -> list[Instance]:
             raise BenchmarkError(f"{path}:{line}: timeout {row[2]!r} is not a number") from None
         if not timeout > 0 or timeout == float("inf"):
             raise BenchmarkError(f"{path}:{line}: timeout must be positive and finite, got {row[2]}")
+        if only is not None and only not in row[0] and only not in row[1]:
+            continue
         onnx, vnnlib = _inside(root, row[0], path, line), _inside(root, row[1], path, line)
         meta = {"model": Path(row[0]).stem.removesuffix(".onnx"), **props.get(row[1], {})}
         out.append(Instance(onnx, vnnlib, timeout, meta))
+    if only is not None and not out:
+        raise BenchmarkError(f"{path}: no instance matches {only!r}")
     return out
 

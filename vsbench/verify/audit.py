@@ -56,14 +56,9 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
     if not verifiers:
         raise ValueError("audit needs at least one verifier")
     root, out = Path(benchmark_dir).absolute(), Path(out_dir)
-    instances, rows = [], []
-    for inst in read_instances(root):
-        row = {"onnx": str(Path(inst.onnx).relative_to(root)), "vnnlib": str(Path(inst.vnnlib).relative_to(root))}
-        if only is None or only in row["onnx"] or only in row["vnnlib"]:
-            instances.append(inst)
-            rows.append(row)
-    if not instances:
-        raise ValueError(f"{root}: no instance matches {only!r}")
+    instances = read_instances(root, only)
+    rows = [{"onnx": str(Path(i.onnx).relative_to(root)), "vnnlib": str(Path(i.vnnlib).relative_to(root))}
+            for i in instances]
     claims: list[dict[str, str]] = [{} for _ in instances]
     for name in verifiers:
         records = run_verification(instances, name, out / out_name(resolved(name)), workers=workers,
