@@ -211,9 +211,10 @@ class Trainer:
 
         ``ramp``: run the warm-up / eps-ramp schedule (scaled by ``epochs / cfg.epochs`` when the
         phase is shorter than a full run); otherwise train at ``train_eps`` with the end values of
-        kappa and beta (fine-tuning phases). Wall time adds to ``phases[phase]``.
+        kappa and beta (fine-tuning phases). The wall time of the epochs (steps and hooks; not the
+        optimiser set-up, whose first construction in a process imports ``torch._dynamo``, ~1.5 s)
+        adds to ``phases[phase]``; each history row has its epoch's seconds.
         """
-        start = time.perf_counter()
         c = self.cfg
         model.to(self.device).train()
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -225,6 +226,7 @@ class Trainer:
         scale = min(1.0, epochs / c.epochs)
         step = 0
         for epoch in range(epochs):
+            start = time.perf_counter()
             perm = torch.randperm(n, generator=self.generator)
             sums: dict[str, float] = {}
             for i in range(per_epoch):
@@ -248,10 +250,12 @@ class Trainer:
                     self.progress(phase, step, total)
             if hooks is not None:
                 hooks.at_epoch_end(model, epoch)
-            row = {"phase": phase, "epoch": epoch, "eps": eps, **{k: v / per_epoch for k, v in sums.items()}}
+            seconds = time.perf_counter() - start
+            self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+            row = {"phase": phase, "epoch": epoch, "eps": eps, "seconds": seconds,
+                   **{k: v / per_epoch for k, v in sums.items()}}
             self.history.append(row)
             log.info("%s", row)
-        self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
         return model
 
 
