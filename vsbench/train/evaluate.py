@@ -58,7 +58,7 @@ def verified_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     """Fraction certified by IBP (``ibp``) or CROWN-IBP (``crown-ibp``): a sound lower bound on
     verified accuracy (incomplete verification)."""
     from vsbench.bounds.graph import from_torch
-    from vsbench.train.loop import certified, margin_lower_bound
+    from vsbench.train.loop import certified, margin_bounds
 
     model.eval()
     dev = next(model.parameters()).device
@@ -67,6 +67,6 @@ def verified_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     ok = 0
     for s in _batches(len(labels), batch_size):
         x, y = images[s].to(dev), labels[s].to(dev)
-        lb = margin_lower_bound(graph, x, y, eps, n_classes, 1.0 if bound == "crown-ibp" else 0.0)
+        lb, _ = margin_bounds(graph, x, y, eps, n_classes, 1.0 if bound == "crown-ibp" else 0.0)
         ok += int(certified(lb, y).sum())
     return ok / max(1, len(labels))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from vsbench.bounds.graph import Conv, Graph, Linear, from_torch
+from vsbench.bounds.graph import AFFINE, Conv, Graph, Linear, from_torch
 from vsbench.bounds.ibp import ibp_bounds, ibp_spec
 
 log = logging.getLogger(__name__)
@@ -121,27 +121,35 @@ def spec_matrix(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     return eye[y].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def margin_lower_bound(graph: Graph, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int,
-                       beta: float = 0.0) -> torch.Tensor:
-    """Lower bounds ``(B, n)`` of ``f_y - f_j`` over the box (IBP, mixed with CROWN-IBP by ``beta``)."""
+def margin_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int,
+                  beta: float = 0.0) -> tuple[torch.Tensor, list | None]:
+    """``(lb, relu_bounds)``: lower bounds ``(B, n)`` of ``f_y - f_j`` over the box (IBP, mixed with
+    CROWN-IBP by ``beta``) and the IBP intervals of every ReLU input from the same pass (None
+    when ``beta == 1``: no IBP pass)."""
     lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     C = spec_matrix(y, n_classes)
-    lb = ibp_spec(graph, lo, hi, C) if beta < 1 else 0.0
+    lb, relu_bounds = 0.0, None
+    if beta < 1:
+        last = max(i for i, op in enumerate(graph.ops) if isinstance(op, AFFINE))
+        *relu_bounds, (l, u) = ibp_bounds(Graph(graph.ops[:last], graph.in_shape), lo, hi)
+        lb = ibp_spec(Graph(graph.ops[last:], (graph.ops[last].n_in,)), l, u, C)
     if beta > 0:
         from vsbench.bounds.crown import crown_ibp_spec
 
         lb = beta * crown_ibp_spec(graph, lo, hi, C) + (1 - beta) * lb
-    return lb
+    return lb, relu_bounds
 
 
-def warmup_regularizer(graph: Graph, x: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
+def warmup_regularizer(graph: Graph, x: torch.Tensor, eps: float, tol: float,
+                       relu_bounds: list | None = None) -> torch.Tensor:
     """Shi et al. 2021 warm-up regularisers, averaged over ReLU layers: ``L_tightness`` keeps the
     IBP interval width of each pre-activation from growing past ``1/tol`` times the (normalised)
-    input width; ``L_relu`` balances the mean and variance of active vs inactive neurons."""
+    input width; ``L_relu`` balances the mean and variance of active vs inactive neurons.
+    ``relu_bounds``: the IBP intervals of the ReLU inputs if already computed (:func:`margin_bounds`)."""
     lo, hi = (x - eps).clamp(0, 1).flatten(1), (x + eps).clamp(0, 1).flatten(1)
     first = graph.ops[0]
     width0 = (first.abs_forward((hi - lo) / 2) if hasattr(first, "abs_forward") else (hi - lo) / 2).mean()
-    pre = ibp_bounds(graph, lo, hi)[:-1]
+    pre = relu_bounds if relu_bounds is not None else ibp_bounds(graph, lo, hi)[:-1]
     tight = relu_bal = x.new_zeros(())
     for l, u in pre:
         center, width = (u + l) / 2, ((u - l) / 2).mean()
@@ -184,12 +192,12 @@ class Trainer:
         if eps == 0 or kappa >= 1:
             return nat, stats, graph
         beta = beta if self.cfg.bound == "crown-ibp" else 0.0
-        lb = margin_lower_bound(graph, x, y, eps, self.n_classes, beta)
+        lb, relu_bounds = margin_bounds(graph, x, y, eps, self.n_classes, beta)
         rob = F.cross_entropy(-lb, y)
         stats.update(rob_loss=float(rob.detach()), ver_acc=float(certified(lb.detach(), y).float().mean()))
         loss = kappa * nat + (1 - kappa) * rob
         if self.cfg.reg_lambda > 0 and eps < self.cfg.eps_train:
-            reg = warmup_regularizer(graph, x, eps, self.cfg.reg_tol)
+            reg = warmup_regularizer(graph, x, eps, self.cfg.reg_tol, relu_bounds)
             stats["reg_loss"] = float(reg.detach())
             loss = loss + self.cfg.reg_lambda * (1 - eps / self.cfg.eps_train) * reg
         return loss, stats, graph
