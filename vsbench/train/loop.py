@@ -226,7 +226,9 @@ class Trainer:
         c = self.cfg
         model.to(self.device).train()
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=c.lr)
+        # fused: one kernel per step; the default CPU Adam's sqrt is ~6x slower on the zero moments
+        # of pruned weights, which made masked training dearer per step than dense
+        opt = torch.optim.Adam(params, lr=c.lr, fused=True)
         n = len(self.labels)
         per_epoch = math.ceil(n / c.batch_size)
         total = max(1, epochs * per_epoch)
