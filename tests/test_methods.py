@@ -36,7 +36,23 @@ def test_method_trains_to_target_sparsity(method, data_dir):
     assert 0.0 <= res.info["test_ibp_verified_acc"] <= res.info["test_clean_acc"] <= 1.0
 
 
-@pytest.mark.parametrize("options", [{"rounds": 2, "scope": "layer"}, {"density": "erk", "score_frac": 0.2}])
+@pytest.mark.parametrize("method,epochs", [("hydra", {"pretrain": 5, "scores": 1, "finetune": 5}),
+                                           ("prune-after", {"pretrain": 5, "finetune": 5}),
+                                           ("verisparse", {"train": 5})])
+def test_default_phase_epochs_follow_the_papers(method, epochs, data_dir):
+    """HYDRA's released schedule is 100 / 20 / 100 epochs; prune-after fine-tunes as long as it
+    pretrains; VeriSparse is one run. Each history row is one epoch with its own seconds."""
+    torch.set_num_threads(1)
+    res = train(TrainConfig(method=method, sparsity=0.5, **{**TINY, "epochs": 5, "n_train": 64}), data_dir)
+    seen = {}
+    for row in res.history:
+        seen[row["phase"]] = seen.get(row["phase"], 0) + 1
+    assert seen == epochs
+    for phase in epochs:
+        assert res.phases[phase] == pytest.approx(sum(r["seconds"] for r in res.history if r["phase"] == phase))
+
+
+@pytest.mark.parametrize("options", [{"rounds": 2, "scope": "layer"}, {"density": "erk", "score_frac": 0.5}])
 def test_iterative_pruning_and_hydra_erk(options, data_dir):
     method = "prune-after" if "rounds" in options else "hydra"
     res = train(TrainConfig(method=method, sparsity=0.95, method_options=options, **TINY), data_dir)

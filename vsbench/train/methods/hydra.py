@@ -2,7 +2,10 @@
 certified loss (weights frozen, top-k mask per layer, straight-through gradients, scores
 initialised to sqrt(6 / fan_in) * w / max|w|) -> certified fine-tuning of the weights under the mask.
 
-Epochs per phase are fractions of ``cfg.epochs``; pretraining is a full dense run by default.
+Epochs per phase are fractions of ``cfg.epochs``. The defaults 1.0 / 0.2 / 1.0 are the released
+schedule (inspire-group/hydra: configs/configs.yml ``epochs: 100`` for pretraining and fine-tuning,
+README ``--epochs 20`` for pruning); pruning and fine-tuning run at the full eps there
+(``--schedule_length 1``), as here (``ramp=False``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ class HydraOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pretrain_frac: float = Field(1.0, gt=0.0, description="dense pretraining epochs / cfg.epochs")
-    score_frac: float = Field(0.5, gt=0.0, description="score-learning epochs / cfg.epochs")
-    finetune_frac: float = Field(0.5, gt=0.0, description="fine-tuning epochs / cfg.epochs")
+    score_frac: float = Field(0.2, gt=0.0, description="score-learning epochs / cfg.epochs")
+    finetune_frac: float = Field(1.0, gt=0.0, description="fine-tuning epochs / cfg.epochs")
     density: Literal["uniform", "erk"] = "uniform"
 
 

@@ -1,7 +1,9 @@
 """``prune-after``: dense certified training -> magnitude pruning (global or per layer; one shot
 or ``rounds`` rounds, sparsity rising geometrically) -> certified fine-tuning after each round.
 
-Epochs per phase are fractions of ``cfg.epochs`` (fine-tuning split evenly across rounds).
+Epochs per phase are fractions of ``cfg.epochs`` (fine-tuning split evenly across rounds). The
+defaults, a full dense run then one shot and as long a certified fine-tuning at the full eps, are
+the least-weight-magnitude baseline of HYDRA (Sehwag et al. 2020; inspire-group/hydra README).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Start from a random sparse net at the target sparsity (per-layer density ERK or 
 magnitude and regrow as many inactive ones where the certified-loss gradient is largest (RigL
 style, new weights start at 0). ``f`` decays from ``alpha`` to 0 by a cosine; updates stop after
 ``stop_frac`` of the training steps. The active count never changes, so the net is never dense.
+One run of ``cfg.epochs`` (the whole cost: no pretraining, no fine-tuning).
 """
 
 from __future__ import annotations
