@@ -5,6 +5,10 @@ Hidden layers start with a random set of units, the keep fraction chosen so the 
 with the smallest incoming-weight norm are dropped and as many inactive units regrown where the
 certified-loss gradient norm of their incoming weights is largest (re-initialised like a fresh
 layer). Updates decay by a cosine and stop at ``stop_frac``; the final model is compacted.
+
+The unit budget is what limits it at high sparsity: on mlp-2x100, 0.9 keeps 11 and 0.99 one
+neuron per hidden layer, nets too narrow for certified training at MNIST eps 0.3 whatever the
+sparsifier (measured: static random units and other regrowth inits did no better).
 """
 
 from __future__ import annotations
