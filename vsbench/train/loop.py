@@ -106,13 +106,13 @@ class Step:
     eps: float
     kappa: float
     beta: float
+    weights: list[torch.Tensor]  # the effective Linear / Conv2d weights the step's loss used
 
-    def weight_grads(self, model: nn.Module) -> list[torch.Tensor]:
-        """Gradient of the current loss w.r.t. every *effective* Linear / Conv2d weight, pruned
-        entries included (what RigL-style regrowth ranks); one per layer in forward order."""
-        loss, _, graph = self.trainer.loss(model, self.x, self.y, self.eps, self.kappa, self.beta)
-        weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))]
-        return list(torch.autograd.grad(loss, weights))
+    def weight_grads(self) -> list[torch.Tensor]:
+        """Gradient of the step's loss (at the weights before the optimiser step) w.r.t. every
+        *effective* Linear / Conv2d weight, pruned entries included (what RigL-style regrowth
+        ranks); one per layer in forward order. Kept from the step's own backward: no extra pass."""
+        return [w.grad for w in self.weights]
 
 
 def spec_matrix(y: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -244,7 +244,11 @@ class Trainer:
                 x, y = self.images[idx].to(self.device), self.labels[idx].to(self.device)
                 t = epoch + i / per_epoch
                 eps, kappa, beta = self.schedule(t, scale) if ramp else (c.eps_train, c.kappa_end, c.beta_end)
-                loss, stats, _ = self.loss(model, x, y, eps, kappa, beta)
+                loss, stats, graph = self.loss(model, x, y, eps, kappa, beta)
+                weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))]
+                for w in weights:
+                    if w.requires_grad and not w.is_leaf:
+                        w.retain_grad()  # masked weights: keep the dense gradient for Step.weight_grads
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
@@ -253,7 +257,7 @@ class Trainer:
                     sched.step()
                 step += 1
                 if hooks is not None:
-                    hooks.after_step(model, Step(self, opt, step, total, x, y, eps, kappa, beta))
+                    hooks.after_step(model, Step(self, opt, step, total, x, y, eps, kappa, beta, weights))
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if self.progress:

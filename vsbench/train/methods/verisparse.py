@@ -79,7 +79,7 @@ class VeriSparse(Sparsifier):
         frac = update_fraction(self.opt, st)
         if frac <= 0:
             return
-        grads = st.weight_grads(model) if self.opt.grow == "gradient" else [None] * len(prunable(model))
+        grads = st.weight_grads() if self.opt.grow == "gradient" else [None] * len(prunable(model))
         with torch.no_grad():
             for m, g in zip(prunable(model), grads):
                 mask = get_mask(m)

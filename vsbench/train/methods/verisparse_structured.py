@@ -62,7 +62,7 @@ class VeriSparseStructured(Sparsifier):
         if frac <= 0:
             return
         layers = prunable(model)
-        grads = st.weight_grads(model) if self.opt.grow == "gradient" else [None] * len(layers)
+        grads = st.weight_grads() if self.opt.grow == "gradient" else [None] * len(layers)
         with torch.no_grad():
             for m, g in zip(layers[:-1], grads[:-1]):
                 keep = unit_mask(m)
