@@ -37,6 +37,9 @@ def _problem(seed):
             C = np.zeros((1, n_out))
             C[0, label], C[0, j] = 1.0, -1.0
             clauses.append((C, np.zeros(1)))
+    if seed % 4 == 1:  # a two-row clause beside one-row ones: BaB groups clauses by row count
+        (C1, r1), (C2, r2) = clauses
+        clauses = [(np.vstack([C1, C2]), np.concatenate([r1, r2])), (C2, r2)]
     return layers, Region(c - r, c + r, clauses)
 
 

@@ -17,13 +17,15 @@ def init_slopes(intermediate: Bounds, S: int) -> list[torch.Tensor]:
     return [relax(l, u)[2].unsqueeze(1).expand(-1, S, -1).clone() for l, u in intermediate]
 
 
-def optimize(fn, params: list[torch.Tensor], iters: int, lr: float, project, deadline=None):
-    """Maximise ``fn() -> (B, S)`` elementwise over ``params``; returns (best bound, best params)."""
+def optimize(fn, params: list[torch.Tensor], iters: int, lr: float | list[float], project, deadline=None):
+    """Maximise ``fn() -> (B, S)`` elementwise over ``params`` (``lr``: one, or one per param);
+    returns (best bound, best params)."""
     params = [p.detach().requires_grad_(True) for p in params]
     if not params or iters <= 0:
         with torch.no_grad():
             return fn(params), [p.detach() for p in params]
-    opt = torch.optim.Adam(params, lr=lr)
+    lrs = lr if isinstance(lr, list) else [lr] * len(params)
+    opt = torch.optim.Adam([{"params": [p], "lr": r} for p, r in zip(params, lrs)])
     best, best_params = None, [p.detach().clone() for p in params]
     for i in range(iters + 1):
         lb = fn(params)

@@ -24,6 +24,14 @@ def split_bounds(bounds: Bounds, splits: list[torch.Tensor]) -> Bounds:
     ]
 
 
+def beta_bound(graph: Graph, lower, upper, C, bounds: Bounds, splits, slopes, betas, signs=None) -> torch.Tensor:
+    """The beta-CROWN lower bound ``(D, S)`` of ``C @ f(x)`` for given slopes and betas (no optimisation)."""
+    if signs is None:
+        signs = [s.to(C.dtype).unsqueeze(1) for s in splits]
+    extra = [-b * s for b, s in zip(betas, signs)]
+    return backward(graph, lower, upper, C, bounds, slopes, extra)[0]
+
+
 def beta_spec(
     graph: Graph,
     lower: torch.Tensor,
@@ -34,7 +42,8 @@ def beta_spec(
     slopes: list | None = None,
     betas: list | None = None,
     iters: int = 10,
-    lr: float = 0.1,
+    lr_alpha: float = 0.1,
+    lr_beta: float = 0.1,
     deadline=None,
 ):
     """Lower bound of ``C @ f(x)`` over each domain (batch row = domain).
@@ -53,8 +62,7 @@ def beta_spec(
     signs = [s.to(C.dtype).unsqueeze(1) for s in splits]
 
     def fn(params):
-        extra = [-b * s for b, s in zip(params[n:], signs)]
-        return backward(graph, lower, upper, C, bounds, params[:n], extra)[0]
+        return beta_bound(graph, lower, upper, C, bounds, splits, params[:n], params[n:], signs)
 
     def project(params):
         for p in params[:n]:
@@ -63,7 +71,7 @@ def beta_spec(
             p.clamp_(min=0)
 
     with torch.enable_grad():
-        lb, params = optimize(fn, list(slopes) + list(betas), iters, lr, project, deadline)
+        lb, params = optimize(fn, list(slopes) + list(betas), iters, [lr_alpha] * n + [lr_beta] * n, project, deadline)
     with torch.no_grad():
         extra = [-b * s for b, s in zip(params[n:], signs)]
         _, lams = backward(graph, lower, upper, C, bounds, params[:n], extra, keep=True)

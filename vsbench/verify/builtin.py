@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..bounds.alpha import alpha_bounds, alpha_spec
-from ..bounds.beta import beta_spec, split_bounds
+from ..bounds.beta import beta_bound, beta_spec, split_bounds
 from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds.graph import Graph, UnsupportedModel, from_onnx
 from .api import Deadline, Instance, Property, Region, Verdict
@@ -22,7 +22,10 @@ from .attack import pgd_attack
 from .milp import TAU, milp_clause
 
 BATCH = 512  # BaB domains bounded per step (each split gives two children)
-BETA_ITERS = 5
+BETA_ITERS = 20  # joint alpha/beta Adam steps per BaB batch
+LR_ALPHA, LR_BETA = 0.01, 0.05
+CANDIDATES = 4  # filtered smart branching: neurons tried per domain
+FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
 MAX_DOMAINS = 200_000
 
 
@@ -131,36 +134,70 @@ def _leaf(p: _Region, bounds, C, rhs, deadline, check) -> bool:
 
 
 class _BaB:
-    """Branch and bound over ReLU splits for one clause (rows ``C (R, n_out)``, ``rhs (R,)``).
+    """Branch and bound over ReLU splits for several clauses at once, all with ``R`` rows.
 
-    Resumable: :meth:`run` can be called again after a ``timeout`` and continues where it stopped.
+    Every domain belongs to one clause (``owner``): it is proven when ``max_r (C x - rhs)_r > TAU``
+    holds over it for its clause's rows. Domains of all clauses share each batch, so early steps
+    (few domains per clause) cost one bound computation, not one per clause. Resumable: :meth:`run`
+    can be called again after a ``timeout`` and continues where it stopped.
     """
 
-    def __init__(self, p: _Region, C, rhs, slopes, full_graph: Graph):
-        self.p, self.C, self.rhs, self.full_graph = p, C, rhs, full_graph
-        self.Ct = torch.as_tensor(C, dtype=torch.float64)[None]
-        self.rt = torch.as_tensor(rhs, dtype=torch.float64)
-        self.bounds = [(l.clone(), u.clone()) for l, u in p.bounds]
+    def __init__(self, p: _Region, clauses, full_graph: Graph):
+        """``clauses``: ``(C (R, n_out), rhs (R,), slopes)`` with alpha-CROWN slopes ``(1, R, n_k)``."""
+        self.p, self.clauses, self.full_graph = p, clauses, full_graph
+        n = len(clauses)
+        self.Ct = torch.stack([torch.as_tensor(C, dtype=torch.float64) for C, _, _ in clauses])
+        self.rt = torch.stack([torch.as_tensor(r, dtype=torch.float64) for _, r, _ in clauses])
+        self.owner = torch.arange(n)
+        self.bounds = [(l.expand(n, -1).clone(), u.expand(n, -1).clone()) for l, u in p.bounds]
         self.splits = [torch.zeros_like(l) for l, _ in self.bounds]
-        lb, self.slopes, self.betas, self.lams = beta_spec(
-            p.graph, p.lo, p.hi, self.Ct, self.bounds, self.splits, slopes, None, 0
-        )
-        self.lb = (lb - self.rt).max(-1).values
+        slopes = [torch.cat([s[k] for _, _, s in clauses]) for k in range(len(p.bounds))]
+        lb, self.slopes, self.betas, self.lams = self._bound(self.owner, self.bounds, self.splits, slopes, None, 0)
+        self.lb = lb
         self.proven, self.undecided, self.steps = float("inf"), False, 0
 
-    def _branch(self, pick):
-        """Index of the neuron to split (flat over layers) per picked domain, -1 for leaves."""
+    def _bound(self, owner, bounds, splits, slopes, betas, iters, deadline=None):
+        """beta-CROWN over domains owned by ``owner``: ``(lb - rhs, slopes, betas, lams)``."""
+        p, n = self.p, len(owner)
+        lb, slopes, betas, lams = beta_spec(p.graph, p.lo.expand(n, -1), p.hi.expand(n, -1), self.Ct[owner],
+                                            bounds, splits, slopes, betas, iters, LR_ALPHA, LR_BETA, deadline)
+        return (lb - self.rt[owner]).max(-1).values, slopes, betas, lams
+
+    def _scores(self, pick) -> torch.Tensor:
+        """BaBSR scores ``(len(pick), n_neurons)`` (flat over layers): the bound lost to the upper
+        chord's intercept; -1 for neurons that cannot be split (stable or already split)."""
         scores = []
         for (l, u), s, lam in zip(self.bounds, self.splits, self.lams):
             l, u, s, lam = l[pick], u[pick], s[pick], lam[pick].sum(1)
             free = (l < 0) & (u > 0) & (s == 0)
-            gap = -l * u / (u - l).clamp(min=1e-12)  # BaBSR: bound lost to the chord's intercept
+            gap = -l * u / (u - l).clamp(min=1e-12)
             score = (-lam).clamp(min=0) * gap + 1e-9 * gap
             scores.append(torch.where(free, score, torch.full_like(l, -1.0)))
-        best, idx = torch.cat(scores, 1).max(1)
-        return torch.where(best < 0, -1, idx)
+        return torch.cat(scores, 1)
 
-    def _children(self, go, idx, deadline):
+    def _branch(self, pick):
+        """Neuron to split (flat index) per picked domain, -1 for leaves: filtered smart branching,
+        i.e. of the ``CANDIDATES`` best BaBSR neurons, the one whose better child bound is highest
+        (children bounded with the parent's slopes and betas, no optimisation)."""
+        scores = self._scores(pick)
+        top, cand = scores.topk(min(CANDIDATES, scores.shape[1]), dim=1)
+        D, K = cand.shape
+        ok = top.reshape(-1) >= 0
+        go, idx = pick.repeat_interleave(K)[ok], cand.reshape(-1)[ok]
+        value = torch.full((D * K,), -torch.inf, dtype=top.dtype)
+        if len(go):
+            bounds, splits = self._split(go, idx)
+            two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
+            owner = torch.cat([self.owner[go], self.owner[go]])
+            lb = self._bound(owner, bounds, splits, two(self.slopes), two(self.betas), 0)[0]
+            value[ok] = torch.maximum(lb[: len(go)], lb[len(go):])
+        best = value.view(D, K).argmax(1)
+        rows = torch.arange(D)
+        return torch.where(top[rows, best] < 0, -1, cand[rows, best])
+
+    def _split(self, go, idx):
+        """Bounds and splits of the children of domains ``go`` split at flat neuron ``idx``
+        (first ``len(go)`` rows the active side, then the inactive side)."""
         m = len(go)
         offs = np.cumsum([0] + [l.shape[1] for l, _ in self.bounds])
         splits = []
@@ -172,30 +209,33 @@ class _BaB:
             s2[rows + m, cols] = -1.0
             splits.append(s2)
         bounds = split_bounds([(torch.cat([l[go], l[go]]), torch.cat([u[go], u[go]])) for l, u in self.bounds], splits)
-        two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
-        p, n2 = self.p, 2 * m
-        lb, slopes, betas, lams = beta_spec(
-            p.graph, p.lo.expand(n2, -1), p.hi.expand(n2, -1), self.Ct.expand(n2, -1, -1),
-            bounds, splits, two(self.slopes), two(self.betas), BETA_ITERS, deadline=deadline,
-        )
-        parent_lb = torch.cat([self.lb[go], self.lb[go]])  # a subdomain is never looser than its parent
-        return torch.maximum((lb - self.rt).max(-1).values, parent_lb), bounds, splits, slopes, betas, lams
+        return bounds, splits
 
-    def _falsify(self, lb, A, check, n: int = 16):
-        """Try the box corners minimising the linear bounds of the ``n`` worst domains (and every fifth
-        step PGD from them); raises :class:`_Found` on a confirmed counterexample."""
-        worst = lb.argsort()[:n]
+    def _children(self, go, idx, deadline):
+        bounds, splits = self._split(go, idx)
+        two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
+        owner = torch.cat([self.owner[go], self.owner[go]])
+        lb, slopes, betas, lams = self._bound(owner, bounds, splits, two(self.slopes), two(self.betas),
+                                              BETA_ITERS, deadline)
+        parent_lb = torch.cat([self.lb[go], self.lb[go]])  # a subdomain is never looser than its parent
+        return torch.maximum(lb, parent_lb), owner, bounds, splits, slopes, betas, lams
+
+    def _falsify(self, lb, owner, A, check):
+        """Try the box corners minimising the linear bounds of the ``FALSIFY`` worst domains (and every
+        fifth step PGD from them); raises :class:`_Found` with a confirmed counterexample."""
+        worst = lb.argsort()[:FALSIFY]
         p = self.p
         x = torch.where(A[worst].sum(1) >= 0, p.lo, p.hi)
-        t = ((p.graph.forward(x) @ self.Ct[0].T) - self.rt).max(-1).values
+        own = owner[worst]
+        t = (torch.einsum("bo,bro->br", p.graph.forward(x), self.Ct[own]) - self.rt[own]).max(-1).values
         starts = np.stack([p.full_x(xi) for xi in x.numpy()])
         for i in torch.nonzero(t <= 0).flatten().tolist():
             if (cex := check(p.region, starts[i])) is not None:
                 raise _Found(cex)
         if self.steps % 5 != 1:
             return
-        y = pgd_attack(self.full_graph, Region(p.region.lower, p.region.upper, [(self.C, self.rhs)]),
-                       restarts=0, steps=20, seed=self.steps, starts=starts)
+        region = Region(p.region.lower, p.region.upper, [(C, r) for C, r, _ in self.clauses])
+        y = pgd_attack(self.full_graph, region, restarts=0, steps=20, seed=self.steps, starts=starts)
         if y is not None and (cex := check(p.region, y)) is not None:
             raise _Found(cex)
 
@@ -213,31 +253,31 @@ class _BaB:
             pick, rest = order[:BATCH], order[BATCH:]
             idx = self._branch(pick)
             for d in pick[idx < 0].tolist():
-                dom = [(l[d], u[d]) for l, u in self.bounds]
-                if _leaf(self.p, dom, self.C, self.rhs, deadline, check):
+                C, rhs, _ = self.clauses[int(self.owner[d])]
+                if _leaf(self.p, [(l[d], u[d]) for l, u in self.bounds], C, rhs, deadline, check):
                     self.proven = min(self.proven, TAU)
                 else:
                     self.undecided = True
             go, idx = pick[idx >= 0], idx[idx >= 0]
-            old = (self.lb, self.bounds, self.splits, self.slopes, self.betas, self.lams)
             if len(go):
-                lb, bounds, splits, slopes, betas, lams = self._children(go, idx, deadline)
-                self._falsify(lb, lams[-1], check)
+                lb, owner, bounds, splits, slopes, betas, lams = self._children(go, idx, deadline)
+                self._falsify(lb, owner, lams[-1], check)
                 done = lb > TAU
                 if done.any():
                     self.proven = min(self.proven, float(lb[done].min()))
                 live = ~done
             else:
-                lb, bounds, splits, slopes, betas, lams = old
+                lb, owner, bounds, splits, slopes, betas, lams = (
+                    self.lb, self.owner, self.bounds, self.splits, self.slopes, self.betas, self.lams)
                 live = torch.zeros(len(self.lb), dtype=torch.bool)
             cat = lambda a, b: torch.cat([a[rest], b[live]])  # noqa: E731
-            self.lb = cat(self.lb, lb)
+            self.lb, self.owner = cat(self.lb, lb), cat(self.owner, owner)
             self.bounds = [(cat(l, cl), cat(u, cu)) for (l, u), (cl, cu) in zip(self.bounds, bounds)]
             self.splits = [cat(a, b) for a, b in zip(self.splits, splits)]
             self.slopes = [cat(a, b) for a, b in zip(self.slopes, slopes)]
             self.betas = [cat(a, b) for a, b in zip(self.betas, betas)]
             self.lams = [cat(a, b) for a, b in zip(self.lams, lams)]
-        log.append(f"bab: {self.steps} steps")
+        log.append(f"bab: {self.steps} steps, {len(self.clauses)} clauses")
         return ("unknown" if self.undecided else "unsat"), self.proven
 
 
@@ -285,31 +325,35 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         if x is not None and (cex := check(region, x)) is not None:
             log.append("pgd: counterexample")
             return "sat", cex
-    status, pending = "unsat", []
-    for c in sorted(open_, key=lambda c: -best[c]):
+    groups: dict[int, list] = {}  # clauses with the same row count share one BaB
+    for c in open_:
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
         _, C, r = rows[c]
-        pending.append((c, _BaB(p, C, r, [s[:, pos] for s in row_slopes], graph)))
+        groups.setdefault(len(r), []).append((c, (C, r, [s[:, pos] for s in row_slopes])))
+    status = "unsat"
+    pending = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph)) for g in groups.values()]
     slice_s = 2.0
-    while pending:  # round robin with doubling time slices, easiest clauses first
-        for c, bab in list(pending):
+    while pending:  # round robin with doubling time slices
+        for cs, bab in list(pending):
             if deadline.expired():
                 return "timeout", float(best.min())
-            share = Deadline(min(slice_s, deadline.left()))
-            st, lb_c = bab.run(share, check, log)
+            st, lb = bab.run(Deadline(min(slice_s, deadline.left())), check, log)
             if st == "timeout":
                 continue
-            pending.remove((c, bab))
-            if st == "unknown" and not deadline.expired():
+            pending.remove((cs, bab))
+            if st == "unsat":
+                best[cs] = np.maximum(best[cs], lb)
+                continue
+            for c in cs:  # BaB could not decide: the exact MILP gets the rest of the time
                 _, C, r = rows[c]
-                st, x, lb_c = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, deadline.left())
+                st, x, lb_c = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, max(deadline.left(), 0.01))
                 log.append(f"milp: {st}")
                 if st == "sat" and (cex := check(region, p.full_x(x))) is not None:
                     return "sat", cex
-            if st == "unsat":
-                best[c] = max(best[c], lb_c)
-            else:
-                status = "unknown"
+                if st == "unsat":
+                    best[c] = max(best[c], lb_c)
+                else:
+                    status = "unknown"
         slice_s *= 2
     return status, float(best.min())
 
