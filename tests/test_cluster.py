@@ -7,6 +7,7 @@ its Ray processes inherit; the end of the test kills exactly the processes of th
 """
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -69,9 +70,11 @@ def cluster():
     address = f"{HOST}:{_free_port()}"
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start", f"--node-ip-address={HOST}", "--num-cpus=1",
                f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats"]  # + free ports where Ray's defaults are fixed
+    # Ray's client server (port 10001 by default) only starts where ray[client] (grpc) is installed
+    client_port = [f"--ray-client-server-port={_free_port()}"] if importlib.util.find_spec("grpc") else []
     starts = [ray_cli + ["--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
-                         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-                         '--resources={"head": 1}'],
+                         f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+                         '--resources={"head": 1}'] + client_port,
               ray_cli + [f"--address={address}", f"--dashboard-agent-listen-port={_free_port()}",
                          '--resources={"second": 1}']]
     sessions = set()
