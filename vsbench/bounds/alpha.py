@@ -17,9 +17,9 @@ def init_slopes(intermediate: Bounds, S: int) -> list[torch.Tensor]:
     return [relax(l, u)[2].unsqueeze(1).expand(-1, S, -1).clone() for l, u in intermediate]
 
 
-def optimize(fn, params: list[torch.Tensor], iters: int, lr: float | list[float], project, deadline=None):
+def optimize(fn, params: list[torch.Tensor], iters: int, lr: float | list[float], project, deadline=None, done=None):
     """Maximise ``fn() -> (B, S)`` elementwise over ``params`` (``lr``: one, or one per param);
-    returns (best bound, best params)."""
+    stops early once ``done(best)`` holds everywhere. Returns (best bound, best params)."""
     params = [p.detach().requires_grad_(True) for p in params]
     if not params or iters <= 0:
         with torch.no_grad():
@@ -38,7 +38,7 @@ def optimize(fn, params: list[torch.Tensor], iters: int, lr: float | list[float]
                 for bp, p in zip(best_params, params):
                     m = better.reshape(*better.shape, *([1] * (p.dim() - better.dim())))
                     bp.copy_(torch.where(m, p, bp))
-        if i == iters or (deadline is not None and deadline.expired()):
+        if i == iters or (deadline is not None and deadline.expired()) or (done is not None and bool(done(best).all())):
             break
         opt.zero_grad()
         (-lb.sum()).backward()

@@ -45,6 +45,7 @@ def beta_spec(
     lr_alpha: float = 0.1,
     lr_beta: float = 0.1,
     deadline=None,
+    done=None,
 ):
     """Lower bound of ``C @ f(x)`` over each domain (batch row = domain).
 
@@ -71,7 +72,7 @@ def beta_spec(
             p.clamp_(min=0)
 
     with torch.enable_grad():
-        lb, params = optimize(fn, list(slopes) + list(betas), iters, [lr_alpha] * n + [lr_beta] * n, project, deadline)
+        lb, params = optimize(fn, list(slopes) + list(betas), iters, [lr_alpha] * n + [lr_beta] * n, project, deadline, done)
     with torch.no_grad():
         extra = [-b * s for b, s in zip(params[n:], signs)]
         _, lams = backward(graph, lower, upper, C, bounds, params[:n], extra, keep=True)

@@ -158,10 +158,11 @@ class _BaB:
 
     def _bound(self, owner, bounds, splits, slopes, betas, iters, deadline=None):
         """beta-CROWN over domains owned by ``owner``: ``(lb - rhs, slopes, betas, lams)``."""
-        p, n = self.p, len(owner)
+        p, n, rhs = self.p, len(owner), self.rt[owner]
         lb, slopes, betas, lams = beta_spec(p.graph, p.lo.expand(n, -1), p.hi.expand(n, -1), self.Ct[owner],
-                                            bounds, splits, slopes, betas, iters, LR_ALPHA, LR_BETA, deadline)
-        return (lb - self.rt[owner]).max(-1).values, slopes, betas, lams
+                                            bounds, splits, slopes, betas, iters, LR_ALPHA, LR_BETA, deadline,
+                                            done=lambda lb: (lb - rhs).max(-1).values > TAU)
+        return (lb - rhs).max(-1).values, slopes, betas, lams
 
     def _scores(self, pick) -> torch.Tensor:
         """BaBSR scores ``(len(pick), n_neurons)`` (flat over layers): the bound lost to the upper
