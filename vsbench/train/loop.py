@@ -245,7 +245,7 @@ class Trainer:
                 t = epoch + i / per_epoch
                 eps, kappa, beta = self.schedule(t, scale) if ramp else (c.eps_train, c.kappa_end, c.beta_end)
                 loss, stats, graph = self.loss(model, x, y, eps, kappa, beta)
-                weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))]
+                weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))] if hooks is not None else []
                 for w in weights:
                     if w.requires_grad and not w.is_leaf:
                         w.retain_grad()  # masked weights: keep the dense gradient for Step.weight_grads

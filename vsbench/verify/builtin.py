@@ -152,8 +152,7 @@ class _BaB:
         self.bounds = [(l.expand(n, -1).clone(), u.expand(n, -1).clone()) for l, u in p.bounds]
         self.splits = [torch.zeros_like(l) for l, _ in self.bounds]
         slopes = [torch.cat([s[k] for _, _, s in clauses]) for k in range(len(p.bounds))]
-        lb, self.slopes, self.betas, self.lams = self._bound(self.owner, self.bounds, self.splits, slopes, None, 0)
-        self.lb = lb
+        self.lb, self.slopes, self.betas, self.lams = self._bound(self.owner, self.bounds, self.splits, slopes, None, 0)
         self.proven, self.undecided, self.steps = float("inf"), False, 0
 
     def _bound(self, owner, bounds, splits, slopes, betas, iters, deadline=None):
@@ -187,18 +186,19 @@ class _BaB:
         go, idx = pick.repeat_interleave(K)[ok], cand.reshape(-1)[ok]
         value = torch.full((D * K,), -torch.inf, dtype=top.dtype)
         if len(go):
-            bounds, splits = self._split(go, idx)
-            two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
-            owner = torch.cat([self.owner[go], self.owner[go]])
-            lb = self._bound(owner, bounds, splits, two(self.slopes), two(self.betas), 0)[0]
+            owner, bounds, splits, slopes, betas = self._split(go, idx)
+            n = len(owner)
+            lb = beta_bound(self.p.graph, self.p.lo.expand(n, -1), self.p.hi.expand(n, -1), self.Ct[owner],
+                            bounds, splits, slopes, betas)
+            lb = (lb - self.rt[owner]).max(-1).values
             value[ok] = torch.maximum(lb[: len(go)], lb[len(go):])
         best = value.view(D, K).argmax(1)
         rows = torch.arange(D)
         return torch.where(top[rows, best] < 0, -1, cand[rows, best])
 
     def _split(self, go, idx):
-        """Bounds and splits of the children of domains ``go`` split at flat neuron ``idx``
-        (first ``len(go)`` rows the active side, then the inactive side)."""
+        """Owners, bounds, splits, slopes and betas of the children of domains ``go`` split at flat
+        neuron ``idx`` (first ``len(go)`` rows the active side, then the inactive side)."""
         m = len(go)
         offs = np.cumsum([0] + [l.shape[1] for l, _ in self.bounds])
         splits = []
@@ -209,15 +209,13 @@ class _BaB:
             s2[rows, cols] = 1.0
             s2[rows + m, cols] = -1.0
             splits.append(s2)
+        two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
         bounds = split_bounds([(torch.cat([l[go], l[go]]), torch.cat([u[go], u[go]])) for l, u in self.bounds], splits)
-        return bounds, splits
+        return torch.cat([self.owner[go], self.owner[go]]), bounds, splits, two(self.slopes), two(self.betas)
 
     def _children(self, go, idx, deadline):
-        bounds, splits = self._split(go, idx)
-        two = lambda ts: [torch.cat([t[go], t[go]]) for t in ts]  # noqa: E731
-        owner = torch.cat([self.owner[go], self.owner[go]])
-        lb, slopes, betas, lams = self._bound(owner, bounds, splits, two(self.slopes), two(self.betas),
-                                              BETA_ITERS, deadline)
+        owner, bounds, splits, slopes, betas = self._split(go, idx)
+        lb, slopes, betas, lams = self._bound(owner, bounds, splits, slopes, betas, BETA_ITERS, deadline)
         parent_lb = torch.cat([self.lb[go], self.lb[go]])  # a subdomain is never looser than its parent
         return torch.maximum(lb, parent_lb), owner, bounds, splits, slopes, betas, lams
 
@@ -345,9 +343,12 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
             if st == "unsat":
                 best[cs] = np.maximum(best[cs], lb)
                 continue
+            if deadline.expired():
+                status = "unknown"
+                continue
             for c in cs:  # BaB could not decide: the exact MILP gets the rest of the time
                 _, C, r = rows[c]
-                st, x, lb_c = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, max(deadline.left(), 0.01))
+                st, x, lb_c = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, deadline.left())
                 log.append(f"milp: {st}")
                 if st == "sat" and (cex := check(region, p.full_x(x))) is not None:
                     return "sat", cex
