@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from vsbench.bounds.graph import AFFINE, Conv, Graph, Linear, from_torch
+from vsbench.bounds.graph import AFFINE, Conv, Graph, Linear
 from vsbench.bounds.ibp import ibp_bounds, ibp_spec
+from vsbench.train.sparse import SparseLinearOp, feature_major, train_graph
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Step:
     def weight_grads(self) -> list[torch.Tensor]:
         """Gradient of the step's loss (at the weights before the optimiser step) w.r.t. every
         *effective* Linear / Conv2d weight, pruned entries included (what RigL-style regrowth
-        ranks); one per layer in forward order. Kept from the step's own backward: no extra pass."""
+        ranks); one per layer in forward order. Kept from the step's own backward: no extra pass.
+        Empty unless the sparsifier's ``before_step`` asked for it."""
         return [w.grad for w in self.weights]
 
 
@@ -183,9 +185,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss
 
-    def loss(self, model, x, y, eps: float, kappa: float, beta: float):
-        """``(loss, stats, graph)``; the graph holds the live (differentiable) weights."""
-        graph = from_torch(model, self.in_shape)
+    def loss(self, model, x, y, eps: float, kappa: float, beta: float, dense: bool = False):
+        """``(loss, stats, graph)``; the graph holds the live (differentiable) weights.
+
+        Sparse layers (:class:`vsbench.train.sparse.SparseLayer`) compute with sparse kernels
+        where that pays, unless ``dense`` (the step needs the dense weight gradients)."""
+        graph = train_graph(model, self.in_shape, dense)
+        if any(isinstance(op, SparseLinearOp) for op in graph.ops):
+            x = feature_major(x)
         logits = graph.forward(x)
         nat = F.cross_entropy(logits, y)
         stats = {"nat_loss": float(nat.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
@@ -244,8 +251,9 @@ class Trainer:
                 x, y = self.images[idx].to(self.device), self.labels[idx].to(self.device)
                 t = epoch + i / per_epoch
                 eps, kappa, beta = self.schedule(t, scale) if ramp else (c.eps_train, c.kappa_end, c.beta_end)
-                loss, stats, graph = self.loss(model, x, y, eps, kappa, beta)
-                weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))] if hooks is not None else []
+                keep = hooks is not None and hooks.before_step(model, step + 1, total)
+                loss, stats, graph = self.loss(model, x, y, eps, kappa, beta, dense=keep)
+                weights = [op.weight for op in graph.ops if isinstance(op, (Linear, Conv))] if keep else []
                 for w in weights:
                     if w.requires_grad and not w.is_leaf:
                         w.retain_grad()  # masked weights: keep the dense gradient for Step.weight_grads

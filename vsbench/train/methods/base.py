@@ -35,6 +35,11 @@ class Sparsifier:
     def init_masks(self, model: nn.Module, cfg) -> None:
         pass
 
+    def before_step(self, model: nn.Module, step: int, total_steps: int) -> bool:
+        """Called before step ``step`` (from 1); True: keep the dense weight gradients of this
+        step for ``after_step`` (``Step.weight_grads``)."""
+        return True
+
     def after_step(self, model: nn.Module, step) -> None:
         pass
 

@@ -4,8 +4,13 @@ Start from a random sparse net at the target sparsity (per-layer density ERK or 
 ``delta_t`` steps, per layer, drop the ``f`` fraction of active weights with the smallest
 magnitude and regrow as many inactive ones where the certified-loss gradient is largest (RigL
 style, new weights start at 0). ``f`` decays from ``alpha`` to 0 by a cosine; updates stop after
-``stop_frac`` of the training steps. The active count never changes, so the net is never dense.
-One run of ``cfg.epochs`` (the whole cost: no pretraining, no fine-tuning).
+``stop_frac`` of the training steps. One run of ``cfg.epochs`` (the whole cost: no pretraining,
+no fine-tuning).
+
+The net is never dense: each layer stores only its active weights
+(:class:`vsbench.train.sparse.SparseLayer`), so the optimiser state and gradients are sparse, and
+sparse enough Linear layers compute with sparse kernels. Only the update steps use the dense
+weights, for the dense gradient that regrowth ranks.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from vsbench.train.sparsity import get_mask, layer_densities, prunable, random_masks, raw_weight
+from vsbench.data import get_dataset_info
+from vsbench.train.sparse import sparse_layers, to_dense, to_sparse
+from vsbench.train.sparsity import get_mask, layer_densities, prunable, random_masks, remove_parametrizations
 
 from . import register
 from .base import Sparsifier
@@ -40,11 +47,11 @@ def drop_fraction(step: int, total: int, alpha: float, stop_frac: float) -> floa
     return alpha / 2 * (1 + math.cos(math.pi * step / end))
 
 
-def update_fraction(opt, st) -> float:
-    """The fraction to drop and regrow at this step: 0 off the ``delta_t`` grid and after ``stop_frac``."""
-    if st.step % opt.delta_t:
+def update_fraction(opt, step: int, total: int) -> float:
+    """The fraction to drop and regrow at ``step``: 0 off the ``delta_t`` grid and after ``stop_frac``."""
+    if step % opt.delta_t:
         return 0.0
-    return drop_fraction(st.step, st.total_steps, opt.alpha, opt.stop_frac)
+    return drop_fraction(step, total, opt.alpha, opt.stop_frac)
 
 
 def reset_optimizer_state(optimizer, param, where: torch.Tensor) -> None:
@@ -67,37 +74,37 @@ class VeriSparse(Sparsifier):
     def init_masks(self, model, cfg) -> None:
         gen = torch.Generator().manual_seed(cfg.seed)
         random_masks(model, layer_densities(model, cfg.sparsity, self.opt.density), gen)
-        for m in prunable(model):
-            raw_weight(m).data.mul_(get_mask(m))
+        masks = [get_mask(m) for m in prunable(model)]
+        to_sparse(remove_parametrizations(model), masks, get_dataset_info(cfg.dataset).in_shape)
         self._record(model)
 
     def _record(self, model) -> None:
-        layers = prunable(model)
-        self.trace.append(sum(float(get_mask(m).sum()) for m in layers) / sum(m.weight.numel() for m in layers))
+        layers = sparse_layers(model)
+        self.trace.append(sum(m.index.numel() for m in layers) / sum(m.numel for m in layers))
+
+    def before_step(self, model, step, total_steps) -> bool:
+        return self.opt.grow == "gradient" and update_fraction(self.opt, step, total_steps) > 0
 
     def after_step(self, model, st) -> None:
-        frac = update_fraction(self.opt, st)
+        frac = update_fraction(self.opt, st.step, st.total_steps)
         if frac <= 0:
             return
-        grads = st.weight_grads() if self.opt.grow == "gradient" else [None] * len(prunable(model))
+        layers = sparse_layers(model)
+        grads = st.weight_grads() if self.opt.grow == "gradient" else [None] * len(layers)
         with torch.no_grad():
-            for m, g in zip(prunable(model), grads):
-                mask = get_mask(m)
-                active = mask.bool()
-                k = min(int(frac * int(active.sum())), int((~active).sum()))
+            for m, g in zip(layers, grads):
+                active = torch.zeros(m.numel, dtype=torch.bool, device=m.index.device)
+                active[m.index] = True
+                k = min(int(frac * m.index.numel()), m.numel - m.index.numel())
                 if k == 0:
                     continue
-                magnitude = torch.where(active, m.weight.abs(), torch.full_like(mask, math.inf))
-                drop = torch.topk(magnitude.reshape(-1), k, largest=False).indices
-                grow_score = g.abs() if g is not None else torch.rand_like(mask)
-                grow_score = torch.where(active, torch.full_like(mask, -math.inf), grow_score)
-                grow = torch.topk(grow_score.reshape(-1), k).indices
-                flat = mask.view(-1)
-                flat[drop], flat[grow] = 0.0, 1.0
-                raw = raw_weight(m)
-                raw.view(-1)[drop] = 0.0
-                raw.view(-1)[grow] = 0.0
-                changed = torch.zeros_like(flat, dtype=torch.bool)
-                changed[drop], changed[grow] = True, True
-                reset_optimizer_state(st.optimizer, raw, changed.view_as(raw))
+                magnitude = m.values.new_full((m.numel,), math.inf).index_put((m.index,), m.values.abs())
+                drop = torch.topk(magnitude, k, largest=False).indices
+                grow_score = g.abs().reshape(-1) if g is not None else torch.rand(m.numel, device=active.device)
+                grow = torch.topk(grow_score.masked_fill(active, -math.inf), k).indices
+                active[drop], active[grow] = False, True
+                m.rewire(active.nonzero().squeeze(1), st.optimizer)
         self._record(model)
+
+    def finalize(self, model):
+        return super().finalize(to_dense(model))

@@ -57,8 +57,11 @@ class VeriSparseStructured(Sparsifier):
             raw_weight(m).data.mul_(get_mask(m))
             raw_weight(m, "bias").data.mul_(get_mask(m, "bias"))
 
+    def before_step(self, model, step, total_steps) -> bool:
+        return self.opt.grow == "gradient" and update_fraction(self.opt, step, total_steps) > 0
+
     def after_step(self, model, st) -> None:
-        frac = update_fraction(self.opt, st)
+        frac = update_fraction(self.opt, st.step, st.total_steps)
         if frac <= 0:
             return
         layers = prunable(model)
