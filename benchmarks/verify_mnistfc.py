@@ -1,8 +1,11 @@
 """Run the built-in verifier over the VNN-COMP 2021 mnistfc benchmark and print a table per net.
 
-    python benchmarks/verify_mnistfc.py --timeout 60 --nets mnist-net_256x2 [--workers 2] [--limit N] [--csv out.csv]
+    python benchmarks/verify_mnistfc.py --timeout 60 --nets mnist-net_256x2 [--workers 1] [--threads 2] [--limit N] [--csv out.csv]
 
-In-process (no Ray): ``--workers`` processes, one torch thread each, one instance at a time each.
+In-process (no Ray): ``--workers`` processes, ``--threads`` torch threads each, one instance at a time
+each. With 2 or more threads one of them runs clause MILPs beside BaB (the built-in verifier's
+portfolio): on a 2-core machine, ``--workers 1 --threads 2`` gives each instance both cores, as
+alpha-beta-CROWN has them; ``--workers 2 --threads 1`` runs two instances at once, BaB only.
 Wrong = a decided verdict that contradicts reference_verdicts.csv (``unknown`` references are never
 wrong); ``new`` = instances the reference marks ``unknown`` (no 2021 tool solved them) decided here.
 Times are per solved instance.
@@ -26,8 +29,8 @@ def _verify(job):
     from vsbench.verify.api import Instance
     from vsbench.verify.builtin import BuiltinVerifier
 
-    torch.set_num_threads(1)
-    onnx, vnnlib, timeout = job
+    onnx, vnnlib, timeout, threads = job
+    torch.set_num_threads(threads)
     v = BuiltinVerifier().verify(Instance(onnx, vnnlib, timeout), timeout)
     return v.status, v.time_s, v.margin, v.log
 
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--limit", type=int, default=None, help="instances per net")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (2+: MILP thread beside BaB)")
     ap.add_argument("--csv", type=Path, default=None, help="write per-instance results here")
     args = ap.parse_args()
 
@@ -52,7 +56,7 @@ def main() -> None:
         if args.nets is None or Path(onnx).stem in args.nets:
             by_net.setdefault(onnx, []).append(vnnlib)
     todo = [(onnx, vnnlib) for onnx, props in by_net.items() for vnnlib in props[: args.limit]]
-    jobs = [(args.benchmarks / onnx, args.benchmarks / vnnlib, args.timeout) for onnx, vnnlib in todo]
+    jobs = [(args.benchmarks / onnx, args.benchmarks / vnnlib, args.timeout, args.threads) for onnx, vnnlib in todo]
 
     results = []
     with ProcessPoolExecutor(args.workers) as pool:

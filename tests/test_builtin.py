@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from vsbench.bounds.crown import crown_bounds
 from vsbench.bounds.graph import Graph
 from vsbench.verify.api import Deadline, Instance, Property, Region
+from vsbench.verify import builtin
 from vsbench.verify.builtin import BuiltinVerifier, simplify, verify_property
 from vsbench.verify.milp import TAU, milp_clause
 
@@ -58,10 +59,16 @@ def _truth(layers, region):
     return verdict
 
 
-def test_verifier_never_contradicts_milp():
-    torch.set_num_threads(1)
-    counts = {"sat": 0, "unsat": 0, "bab": 0}
-    for seed in range(200):
+@pytest.mark.parametrize("threads,seeds", [(1, 200), (2, 100)])
+def test_verifier_never_contradicts_milp(threads, seeds, monkeypatch):
+    """One thread: BaB alone. Two: clause MILPs in a thread beside BaB, started after every 2 ms
+    BaB round (instead of 1 s) so that they race BaB on these small problems."""
+    torch.set_num_threads(threads)
+    if threads > 1:
+        monkeypatch.setattr(builtin, "SLICE_S", 0.002)
+        monkeypatch.setattr(builtin, "WINDOW_S", 0.0)
+    counts = {"sat": 0, "unsat": 0, "bab": 0, "milp": 0}
+    for seed in range(seeds):
         layers, region = _problem(seed)
         g = Graph.from_dense(layers)
         prop = Property([region])
@@ -77,7 +84,10 @@ def test_verifier_never_contradicts_milp():
             assert v.margin is not None and v.margin >= TAU
         counts[v.status] += 1
         counts["bab"] += "bab:" in v.log
-    assert counts["sat"] > 10 and counts["unsat"] > 10 and counts["bab"] > 5, counts
+        counts["milp"] += "milp:" in v.log
+    assert torch.get_num_threads() == threads  # restored after the MILP thread
+    assert counts["sat"] > 5 and counts["unsat"] > 5 and counts["bab"] > 2, counts
+    assert (counts["milp"] > 0) == (threads > 1), counts
 
 
 def test_simplify_is_exact():

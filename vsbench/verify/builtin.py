@@ -7,6 +7,7 @@ that violates the property in float64 and, when the ONNX file is known, in onnxr
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ LR_ALPHA, LR_BETA = 0.01, 0.05
 CANDIDATES = 4  # filtered smart branching: neurons tried per domain
 FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
 MAX_DOMAINS = 200_000
+SLICE_S = 1.0  # BaB time per group between bookkeeping rounds
+WINDOW_S = 5.0  # the MILP worker's next clause: the one whose BaB bound rose least over this window
 
 
 # --------------------------------------------------------------------------- simplification
@@ -153,7 +156,21 @@ class _BaB:
         self.splits = [torch.zeros_like(l) for l, _ in self.bounds]
         slopes = [torch.cat([s[k] for _, _, s in clauses]) for k in range(len(p.bounds))]
         self.lb, self.slopes, self.betas, self.lams = self._bound(self.owner, self.bounds, self.splits, slopes, None, 0)
-        self.proven, self.undecided, self.steps = float("inf"), False, 0
+        self.proven, self.undecided, self.steps = float("inf"), set(), 0
+
+    def clause_lbs(self) -> torch.Tensor:
+        """Lowest bound per clause over its open domains: ``inf`` for a clause with none left (proven,
+        unless it is in :attr:`undecided`)."""
+        out = torch.full((len(self.clauses),), torch.inf, dtype=self.lb.dtype)
+        return out.scatter_reduce(0, self.owner, self.lb, "amin")
+
+    def drop(self, clauses: list[int]):
+        """Forget the domains of ``clauses`` (decided elsewhere)."""
+        keep = ~torch.isin(self.owner, torch.as_tensor(clauses, dtype=self.owner.dtype))
+        self.lb, self.owner = self.lb[keep], self.owner[keep]
+        self.bounds = [(l[keep], u[keep]) for l, u in self.bounds]
+        self.splits, self.slopes, self.betas, self.lams = (
+            [t[keep] for t in ts] for ts in (self.splits, self.slopes, self.betas, self.lams))
 
     def _bound(self, owner, bounds, splits, slopes, betas, iters, deadline=None):
         """beta-CROWN over domains owned by ``owner``: ``(lb - rhs, slopes, betas, lams)``."""
@@ -256,7 +273,7 @@ class _BaB:
                 if _leaf(self.p, [(l[d], u[d]) for l, u in self.bounds], C, rhs, deadline, check):
                     self.proven = min(self.proven, TAU)
                 else:
-                    self.undecided = True
+                    self.undecided.add(int(self.owner[d]))
             go, idx = pick[idx >= 0], idx[idx >= 0]
             if len(go):
                 lb, owner, bounds, splits, slopes, betas, lams = self._children(go, idx, deadline)
@@ -280,8 +297,9 @@ class _BaB:
         return ("unknown" if self.undecided else "unsat"), self.proven
 
 
-def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log: list):
-    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region."""
+def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
+    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region;
+    ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
     x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
@@ -329,35 +347,152 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
         _, C, r = rows[c]
         groups.setdefault(len(r), []).append((c, (C, r, [s[:, pos] for s in row_slopes])))
-    status = "unsat"
-    pending = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph)) for g in groups.values()]
-    slice_s = 2.0
-    while pending:  # round robin with doubling time slices
-        for cs, bab in list(pending):
-            if deadline.expired():
-                return "timeout", float(best.min())
-            st, lb = bab.run(Deadline(min(slice_s, deadline.left())), check, log)
-            if st == "timeout":
+    babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph)) for g in groups.values()]
+    if not milp_thread:
+        return _decide(p, rows, babs, best, deadline, check, log, None)
+    worker = _MilpWorker(p, rows, deadline, check)
+    try:
+        return _decide(p, rows, babs, best, deadline, check, log, worker)
+    finally:
+        worker.close()
+
+
+class _MilpWorker:
+    """The exact MILP of one clause at a time, in a thread beside BaB (HiGHS releases the GIL, so it
+    runs on a second core). It takes the first untried clause of :meth:`update`'s ranking; a clause
+    decided meanwhile (or the deadline) interrupts its MILP."""
+
+    def __init__(self, p: _Region, rows, deadline: Deadline, check):
+        self.p, self.rows, self.deadline, self.check = p, rows, deadline, check
+        self.proven: dict[int, float] = {}  # clause -> lower bound of its margin
+        self.cex, self.error, self.busy = None, None, False
+        self.tried: set[int] = set()
+        self.left: set[int] = set()
+        self.ranking: list[int] = []
+        self.closed = False
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def update(self, left: set[int], ranking: list[int]):
+        with self.cond:
+            self.left, self.ranking = set(left), list(ranking)
+            self.cond.notify()
+
+    def idle(self) -> bool:
+        """Nothing running and nothing in the ranking left to try."""
+        with self.cond:
+            return not self.busy and self._next() is None
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+    def _next(self):
+        return next((c for c in self.ranking if c in self.left and c not in self.tried), None)
+
+    def _run(self):
+        try:
+            while True:
+                with self.cond:
+                    while not self.closed and self._next() is None:
+                        self.cond.wait()
+                    if self.closed:
+                        return
+                    c = self._next()
+                    self.tried.add(c)
+                    self.busy = True
+                _, C, r = self.rows[c]
+                st, x, lb = milp_clause(self.p.layers, self.p.lo[0], self.p.hi[0], self.p.bounds, C, r,
+                                        self.deadline.left(), stop=lambda: self.closed or c not in self.left)
+                with self.cond:
+                    self.busy = False
+                    if st == "unsat":
+                        self.proven[c] = lb
+                if st == "sat" and (cex := self.check(self.p.region, self.p.full_x(x))) is not None:
+                    self.cex = cex
+                    return
+        except Exception as exc:  # noqa: BLE001 - re-raised in the BaB thread
+            self.error = exc
+
+
+def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, worker: _MilpWorker | None):
+    """Decide the open clauses: BaB groups in round robin slices of ``SLICE_S``; clauses BaB gives up on
+    go to the MILP (on the worker when there is one, which also takes the clause whose BaB bound rose
+    least over the last ``WINDOW_S`` seconds). ``("sat", x)`` or ``(status, margin)``."""
+    left = {c for cs, _ in babs for c in cs}
+    failed: set[int] = set()  # BaB cannot decide these (an LP leaf undecided, too many domains)
+    gave_up: set[int] = set()  # nor could the MILP
+    trace: list[tuple[float, dict]] = []  # (time, lowest BaB bound per clause) after each round
+
+    def settle(c, lb):
+        left.discard(c)
+        best[c] = max(best[c], lb)
+        for cs, bab in babs:
+            if c in cs:
+                bab.drop([cs.index(c)])
+
+    while left:
+        if worker is not None:
+            if worker.error is not None:
+                raise worker.error
+            if worker.cex is not None:
+                log.append("milp: counterexample")
+                return "sat", worker.cex
+            with worker.cond:
+                proven = dict(worker.proven)
+            for c in proven.keys() & left:
+                log.append("milp: unsat")
+                settle(c, proven[c])
+        if not left or deadline.expired():
+            break
+        lbs, ran = {}, False
+        for cs, bab in babs:
+            if not any(c in left and c not in failed for c in cs):
                 continue
-            pending.remove((cs, bab))
-            if st == "unsat":
-                best[cs] = np.maximum(best[cs], lb)
-                continue
-            if deadline.expired():
-                status = "unknown"
-                continue
-            for c in cs:  # BaB could not decide: the exact MILP gets the rest of the time
+            ran = True
+            st, proven_lb = bab.run(Deadline(min(SLICE_S, deadline.left())), check, log)
+            for i, (c, lb) in enumerate(zip(cs, bab.clause_lbs().tolist())):
+                if c not in left or c in failed:
+                    continue
+                if i in bab.undecided or (st == "unknown" and lb < float("inf")):
+                    failed.add(c)
+                    bab.drop([i])
+                elif lb == float("inf"):
+                    settle(c, proven_lb)
+                else:
+                    lbs[c] = lb
+        if worker is None:
+            for c in sorted(failed & left):  # the exact MILP gets the rest of the time
+                if deadline.expired():
+                    break
                 _, C, r = rows[c]
-                st, x, lb_c = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, deadline.left())
+                st, x, lb = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, deadline.left())
                 log.append(f"milp: {st}")
-                if st == "sat" and (cex := check(region, p.full_x(x))) is not None:
+                if st == "sat" and (cex := check(p.region, p.full_x(x))) is not None:
                     return "sat", cex
                 if st == "unsat":
-                    best[c] = max(best[c], lb_c)
+                    settle(c, lb)
                 else:
-                    status = "unknown"
-        slice_s *= 2
-    return status, float(best.min())
+                    left.discard(c)
+                    gave_up.add(c)
+            continue
+        now = time.monotonic()
+        trace.append((now, lbs))
+        if now - trace[0][0] >= WINDOW_S:  # BaB has shown which clauses it is stuck on
+            old = next(t for s, t in reversed(trace) if s <= now - WINDOW_S)
+            rise = {c: lb - old.get(c, lb) for c, lb in lbs.items()}
+            worker.update(left, sorted(failed & left) + sorted(rise, key=lambda c: (rise[c], lbs[c])))
+        else:
+            worker.update(left, sorted(failed & left))
+        if not ran:  # only the MILP can still decide something
+            if worker.idle() and not (worker.proven.keys() & left):
+                gave_up |= left
+                left.clear()
+            time.sleep(0.05)
+    if left:
+        return "timeout", float(best.min())
+    return ("unknown" if gave_up else "unsat"), float(best.min())
 
 
 # --------------------------------------------------------------------------- public API
@@ -365,15 +500,24 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
 
 def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
     """Decide ``prop`` on ``graph`` before ``deadline``; ``sat`` points are re-checked in
-    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``."""
+    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``.
+
+    With ``torch.get_num_threads() >= 2``, one of those cores runs clause MILPs beside BaB (torch
+    keeps the others); with one thread (one task per core, as the Ray runner does) there is no MILP
+    thread and the MILP only decides what BaB gives up on.
+    """
     t0 = time.monotonic()
     log: list[str] = []
+    threads = torch.get_num_threads()
+    milp_thread = threads >= 2
+    if milp_thread:
+        torch.set_num_threads(threads - 1)
     try:
         g = graph.to(torch.float64)
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
-            st, val = _verify_region(g, region, deadline, check, log)
+            st, val = _verify_region(g, region, deadline, check, log, milp_thread)
             if st == "sat":
                 return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
             margins.append(val)
@@ -385,6 +529,8 @@ def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=
         return Verdict("sat", time.monotonic() - t0, cex=found.x, log="; ".join(log))
     except Exception as exc:  # noqa: BLE001 - the verdict carries the error
         return Verdict("error", time.monotonic() - t0, log=f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 class BuiltinVerifier:

@@ -31,10 +31,14 @@ class _Model:
     def row(self, cols, vals, lower, upper):
         self.rows.append((np.asarray(cols, dtype=np.int32), np.asarray(vals, dtype=np.float64), lower, upper))
 
-    def solve(self, time_limit: float):
+    def solve(self, time_limit: float, stop=None):
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", max(float(time_limit), 0.01))
+        h.setOptionValue("threads", 1)
+        if stop is not None:  # polled by HiGHS during the solve; True ends it (status interrupted)
+            for event in (h.cbSimplexInterrupt, h.cbMipInterrupt):
+                event += lambda e: e.interrupt() if stop() else None
         n = len(self.lo)
         h.addVars(n, np.array(self.lo), np.array(self.hi))
         h.changeColsCost(n, np.arange(n, dtype=np.int32), np.array(self.cost))
@@ -55,13 +59,14 @@ class _Model:
         return h
 
 
-def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float):
+def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=None):
     """Decide one clause ``C @ f(x) <= rhs`` (all rows) over the box exactly.
 
     ``layers``: ``[(W, b), ...]`` with a ReLU between; ``bounds``: sound ``(l, u)`` pre-activation
     bounds per ReLU (1-D). Minimises ``t`` s.t. ``C y - rhs <= t``. Returns ``(status, x, lb)``:
     ``("unsat", None, lb)`` if ``t > TAU`` is proven, ``("sat", x, lb)`` with a candidate ``x``
-    where ``t <= 0`` (re-check it!), else ``("unknown", x_or_None, lb)`` (time limit, tolerance).
+    where ``t <= 0`` (re-check it!), else ``("unknown", x_or_None, lb)`` (time limit, tolerance, or
+    ``stop()`` turned True).
     """
     inf = highspy.kHighsInf
     m = _Model()
@@ -92,7 +97,7 @@ def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float):
         w = CW[i, live]
         nz = np.flatnonzero(w)
         m.row(np.append(prev[live[nz]], t), np.append(w[nz], -1.0), -inf, _np(rhs).ravel()[i] - Cb[i])
-    h = m.solve(time_limit)
+    h = m.solve(time_limit, stop)
     status = h.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:  # confirm: presolve has wrongly claimed it
         h.setOptionValue("presolve", "off")
