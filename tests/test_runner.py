@@ -107,6 +107,15 @@ class BadStatus(Hang):
         return Verdict("safe", 0.0)
 
 
+class Threads(Hang):
+    name = "threads"
+
+    def verify(self, instance, timeout):
+        import torch
+
+        return Verdict("unknown", 0.0, log=f"threads {torch.get_num_threads()}")
+
+
 class Center(Hang):
     """A real (incomplete) falsifier: the box center and corners in onnxruntime; claims sat at the center."""
 
@@ -136,6 +145,13 @@ def test_dead_worker_retried_then_error(tmp_path, mnistfc):
 def test_memory_limit(tmp_path, mnistfc):
     (rec,) = run_verification(mnistfc[0][:1], Hog, tmp_path, timeout_cap=20, memory_mb=1500)
     assert rec["status"] == "error" and rec["log"].startswith("error: out of memory")
+
+
+def test_cores_per_task(tmp_path, mnistfc):
+    (rec,) = run_verification(mnistfc[0][:1], Threads, tmp_path, cores=2)
+    assert rec["log"] == "threads 2"
+    with pytest.raises(ValueError, match="--cores 3: the Ray cluster has 2 CPUs"):
+        run_verification(mnistfc[0][1:2], Threads, tmp_path / "more", cores=3)
 
 
 def test_wrong_counterexample_downgraded(tmp_path, mnistfc):

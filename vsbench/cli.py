@@ -167,6 +167,7 @@ def verify(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where records.jsonl goes (default results/verify-DIRNAME)."),
     verifier: str = typer.Option("builtin", "--verifier", help="builtin, marabou, abcrown or vnncomp:TOOL_DIR."),
     memory_mb: Optional[int] = MEMORY,
+    cores: int = typer.Option(1, "--cores", min=1, help="CPUs per instance (builtin: 2+ runs clause MILPs beside BaB)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON lines."),
 ):
     """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
@@ -182,7 +183,7 @@ def verify(
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:
         records = run_verification(instances, verifier, out, workers=workers, ray_address=ray_address,
-                                   timeout_cap=timeout, progress=progress, memory_mb=memory_mb)
+                                   timeout_cap=timeout, progress=progress, memory_mb=memory_mb, cores=cores)
     if as_json:
         for r in records:
             print(json.dumps(r))

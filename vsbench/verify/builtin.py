@@ -28,7 +28,7 @@ LR_ALPHA, LR_BETA = 0.01, 0.05
 CANDIDATES = 4  # filtered smart branching: neurons tried per domain
 FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
 MAX_DOMAINS = 200_000
-SLICE_S = 1.0  # BaB time per group between bookkeeping rounds
+SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
 WINDOW_S = 5.0  # the MILP worker's next clause: the one whose BaB bound rose least over this window
 
 
@@ -255,12 +255,16 @@ class _BaB:
         if y is not None and (cex := check(p.region, y)) is not None:
             raise _Found(cex)
 
-    def run(self, deadline: Deadline, check, log: list) -> tuple[str, float]:
-        """``("unsat", proven_lb)``, ``("timeout", lb)`` or ``("unknown", lb)`` (too many domains or
-        an LP leaf left undecided); raises :class:`_Found` with a confirmed counterexample."""
+    def run(self, deadline: Deadline, check, log: list, pause_s: float = float("inf")) -> tuple[str, float]:
+        """``("unsat", proven_lb)``, ``("timeout", lb)``, ``("paused", lb)`` (after the first step that
+        ends ``pause_s`` seconds or more from now) or ``("unknown", lb)`` (too many domains or an LP
+        leaf left undecided); raises :class:`_Found` with a confirmed counterexample."""
+        pause_at = time.monotonic() + pause_s
         while len(self.lb):
             if deadline.expired():
                 return "timeout", float(self.lb.min())
+            if time.monotonic() >= pause_at:
+                return "paused", float(self.lb.min())
             if len(self.lb) > MAX_DOMAINS:
                 log.append(f"bab: gave up at {len(self.lb)} domains")
                 return "unknown", float(self.lb.min())
@@ -451,7 +455,7 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
             if not any(c in left and c not in failed for c in cs):
                 continue
             ran = True
-            st, proven_lb = bab.run(Deadline(min(SLICE_S, deadline.left())), check, log)
+            st, _ = bab.run(deadline, check, log, SLICE_S)
             for i, (c, lb) in enumerate(zip(cs, bab.clause_lbs().tolist())):
                 if c not in left or c in failed:
                     continue
@@ -459,7 +463,7 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                     failed.add(c)
                     bab.drop([i])
                 elif lb == float("inf"):
-                    settle(c, proven_lb)
+                    settle(c, bab.proven)  # the lowest bound of any domain BaB proved
                 else:
                     lbs[c] = lb
         if worker is None:

@@ -36,9 +36,8 @@ class _Model:
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", max(float(time_limit), 0.01))
         h.setOptionValue("threads", 1)
-        if stop is not None:  # polled by HiGHS during the solve; True ends it (status interrupted)
-            for event in (h.cbSimplexInterrupt, h.cbMipInterrupt):
-                event += lambda e: e.interrupt() if stop() else None
+        if stop is not None:  # polled by HiGHS between MIP nodes; True ends it (status interrupted)
+            h.cbMipInterrupt += lambda e: e.interrupt() if stop() else None
         n = len(self.lo)
         h.addVars(n, np.array(self.lo), np.array(self.hi))
         h.changeColsCost(n, np.arange(n, dtype=np.int32), np.array(self.cost))

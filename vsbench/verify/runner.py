@@ -45,15 +45,15 @@ def init_ray(workers: int | None = None, ray_address: str | None = None) -> None
                  logging_level=logging.ERROR)
 
 
-def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
-    """Runs in a Ray worker: build the verifier and decide one instance."""
+def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None, cores: int = 1) -> dict:
+    """Runs in a Ray worker: build the verifier and decide one instance with ``cores`` torch threads."""
     import resource
 
     from vsbench.verify.registry import get_verifier
 
     v = get_verifier(verifier) if isinstance(verifier, str) else verifier()
-    if "torch" in sys.modules:  # one CPU per task: no intra-op threads fighting the other tasks
-        sys.modules["torch"].set_num_threads(1)
+    if "torch" in sys.modules:  # the task's CPUs only: no intra-op threads fighting the other tasks
+        sys.modules["torch"].set_num_threads(cores)
     ok, reason = v.available()
     if not ok:
         return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
@@ -106,13 +106,16 @@ def _verifier_name(verifier) -> str:
 def run_verification(instances: list[Instance], verifier_name, out_dir: str | Path, workers: int | None = None,
                      ray_address: str | None = None, timeout_cap: float | None = None,
                      progress: Callable[[str, int, int], None] | None = None,
-                     memory_mb: int | None = None, retries: int = 1, grace_s: float = GRACE_S) -> list[dict]:
+                     memory_mb: int | None = None, retries: int = 1, grace_s: float = GRACE_S,
+                     cores: int = 1) -> list[dict]:
     """Verify ``instances`` with Ray; returns their records (earlier ones from ``out_dir`` included).
 
     ``verifier_name`` is a registry name or a zero-argument verifier factory (picklable by Ray).
     The driver stops a task ``grace_s`` after its timeout (status ``timeout``), retries a task whose
     worker died ``retries`` times before recording ``error``, and downgrades a ``sat`` whose
     counterexample fails in onnxruntime to ``unknown``. ``memory_mb`` caps each task's heap.
+    ``cores``: CPUs per task (``workers`` tasks at a time); the built-in verifier runs clause MILPs
+    beside BaB when it has two or more.
     """
     import ray
 
@@ -134,9 +137,12 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     if progress:
         progress("verify", done, total)
     if todo:
-        init_ray(workers, ray_address)
-        capacity = max(1, min(int(ray.cluster_resources().get("CPU", 1)), workers or 10**6))
-        task = ray.remote(num_cpus=1, max_retries=0)(_verify_task)
+        init_ray(workers and workers * cores, ray_address)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if cores > cpus:
+            raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
+        capacity = max(1, min(cpus // cores, workers or 10**6))
+        task = ray.remote(num_cpus=cores, max_retries=0)(_verify_task)
         common = {"verifier": name, "versions": versions(), "host": host()}
         cex_cache: dict = {}
         queue = list(todo)
@@ -144,7 +150,7 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
 
         def submit(inst: Instance, attempt: int) -> None:
             t = min(inst.timeout, timeout_cap) if timeout_cap else inst.timeout
-            running[task.remote(verifier_name, inst, t, memory_mb)] = (inst, t, time.monotonic(), attempt)
+            running[task.remote(verifier_name, inst, t, memory_mb, cores)] = (inst, t, time.monotonic(), attempt)
 
         while queue or running:
             while queue and len(running) < capacity:
