@@ -62,8 +62,16 @@ def reset_optimizer_state(optimizer, param, where: torch.Tensor) -> None:
             state[key][where] = 0
 
 
+class DropRegrow(Sparsifier):
+    """Base of the dynamic sparsifiers (options ``delta_t``, ``alpha``, ``stop_frac``, ``grow``):
+    the dense weight gradient is kept only on update steps, and only for gradient regrowth."""
+
+    def before_step(self, model, step, total_steps) -> bool:
+        return self.opt.grow == "gradient" and update_fraction(self.opt, step, total_steps) > 0
+
+
 @register
-class VeriSparse(Sparsifier):
+class VeriSparse(DropRegrow):
     name = "verisparse"
     Options = VeriSparseOptions
 
@@ -81,9 +89,6 @@ class VeriSparse(Sparsifier):
     def _record(self, model) -> None:
         layers = sparse_layers(model)
         self.trace.append(sum(m.index.numel() for m in layers) / sum(m.numel for m in layers))
-
-    def before_step(self, model, step, total_steps) -> bool:
-        return self.opt.grow == "gradient" and update_fraction(self.opt, step, total_steps) > 0
 
     def after_step(self, model, st) -> None:
         frac = update_fraction(self.opt, st.step, st.total_steps)

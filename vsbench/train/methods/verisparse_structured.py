@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vsbench.train.sparsity import compact, get_mask, prunable, raw_weight, set_unit_mask, structured_keep, unit_mask
 
 from . import register
-from .base import Sparsifier
-from .verisparse import reset_optimizer_state, update_fraction
+from .verisparse import DropRegrow, reset_optimizer_state, update_fraction
 
 
 class StructuredOptions(BaseModel):
@@ -40,7 +39,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class VeriSparseStructured(Sparsifier):
+class VeriSparseStructured(DropRegrow):
     name = "verisparse-structured"
     Options = StructuredOptions
 
@@ -56,9 +55,6 @@ class VeriSparseStructured(Sparsifier):
             set_unit_mask(m, keep)
             raw_weight(m).data.mul_(get_mask(m))
             raw_weight(m, "bias").data.mul_(get_mask(m, "bias"))
-
-    def before_step(self, model, step, total_steps) -> bool:
-        return self.opt.grow == "gradient" and update_fraction(self.opt, step, total_steps) > 0
 
     def after_step(self, model, st) -> None:
         frac = update_fraction(self.opt, st.step, st.total_steps)
