@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .crown import Bounds, backward, layerwise_bounds, relax
+from .crown import Bounds, backward, layerwise_bounds, relax, relax_all
 from .graph import Graph
 
 
@@ -25,7 +25,11 @@ def optimize(fn, params: list[torch.Tensor], iters: int, lr: float | list[float]
         with torch.no_grad():
             return fn(params), [p.detach() for p in params]
     lrs = lr if isinstance(lr, list) else [lr] * len(params)
-    opt = torch.optim.Adam([{"params": [p], "lr": r} for p, r in zip(params, lrs)])
+    groups: dict[float, list[torch.Tensor]] = {}
+    for p, r in zip(params, lrs):
+        groups.setdefault(r, []).append(p)
+    # fused: one kernel per group and step instead of a dozen small ops per parameter tensor
+    opt = torch.optim.Adam([{"params": ps, "lr": r} for r, ps in groups.items()], fused=True)
     best, best_params = None, [p.detach().clone() for p in params]
     for i in range(iters + 1):
         lb = fn(params)
@@ -68,9 +72,11 @@ def alpha_spec(
     intermediate = intermediate[: graph.relu_count()]
     if slopes is None:
         slopes = init_slopes(intermediate, C.shape[1])
+    relaxed = relax_all(intermediate)
     with torch.enable_grad():
         lb, slopes = optimize(
-            lambda s: backward(graph, lower, upper, C, intermediate, s)[0], slopes, iters, lr, _clamp01, deadline
+            lambda s: backward(graph, lower, upper, C, intermediate, s, relaxed=relaxed)[0],
+            slopes, iters, lr, _clamp01, deadline,
         )
     return lb, slopes
 

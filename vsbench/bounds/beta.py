@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .alpha import init_slopes, optimize
-from .crown import Bounds, backward
+from .crown import Bounds, backward, relax_all
 from .graph import Graph
 
 
@@ -24,12 +24,14 @@ def split_bounds(bounds: Bounds, splits: list[torch.Tensor]) -> Bounds:
     ]
 
 
-def beta_bound(graph: Graph, lower, upper, C, bounds: Bounds, splits, slopes, betas, signs=None) -> torch.Tensor:
-    """The beta-CROWN lower bound ``(D, S)`` of ``C @ f(x)`` for given slopes and betas (no optimisation)."""
+def beta_bound(graph: Graph, lower, upper, C, bounds: Bounds, splits, slopes, betas, signs=None,
+               relaxed=None) -> torch.Tensor:
+    """The beta-CROWN lower bound ``(D, S)`` of ``C @ f(x)`` for given slopes and betas (no
+    optimisation); ``signs``/``relaxed``: precomputed split signs and ReLU relaxations."""
     if signs is None:
         signs = [s.to(C.dtype).unsqueeze(1) for s in splits]
     extra = [-b * s for b, s in zip(betas, signs)]
-    return backward(graph, lower, upper, C, bounds, slopes, extra)[0]
+    return backward(graph, lower, upper, C, bounds, slopes, extra, relaxed=relaxed)[0]
 
 
 def beta_spec(
@@ -61,9 +63,10 @@ def beta_spec(
         betas = [torch.zeros_like(s) for s in slopes]
     n = len(slopes)
     signs = [s.to(C.dtype).unsqueeze(1) for s in splits]
+    relaxed = relax_all(bounds)
 
     def fn(params):
-        return beta_bound(graph, lower, upper, C, bounds, splits, params[:n], params[n:], signs)
+        return beta_bound(graph, lower, upper, C, bounds, splits, params[:n], params[n:], signs, relaxed)
 
     def project(params):
         for p in params[:n]:
@@ -75,5 +78,5 @@ def beta_spec(
         lb, params = optimize(fn, list(slopes) + list(betas), iters, [lr_alpha] * n + [lr_beta] * n, project, deadline, done)
     with torch.no_grad():
         extra = [-b * s for b, s in zip(params[n:], signs)]
-        _, lams = backward(graph, lower, upper, C, bounds, params[:n], extra, keep=True)
+        _, lams = backward(graph, lower, upper, C, bounds, params[:n], extra, keep=True, relaxed=relaxed)
     return lb, params[:n], params[n:], lams

@@ -33,6 +33,16 @@ def relax(l: torch.Tensor, u: torch.Tensor):
     return up, icpt, low, unstable
 
 
+def relax_all(intermediate: Bounds) -> list:
+    """:func:`relax` of every ``(l, u)``, shaped for :func:`backward`: ``(up, icpt, low)`` as
+    ``(B, 1, n_k)`` (broadcast over specs) and ``unstable`` as ``(B, n_k)``."""
+    out = []
+    for l, u in intermediate:
+        up, icpt, low, unstable = relax(l, u)
+        out.append((up.unsqueeze(1), icpt.unsqueeze(1), low.unsqueeze(1), unstable))
+    return out
+
+
 def backward(
     graph: Graph,
     lower: torch.Tensor,
@@ -42,6 +52,7 @@ def backward(
     slopes: list | None = None,
     extra: list | None = None,
     keep: bool = False,
+    relaxed: list | None = None,
 ):
     """Lower bound of ``C @ f(x)`` over the box given pre-ReLU bounds ``intermediate``.
 
@@ -49,19 +60,20 @@ def backward(
     unstable neurons of ReLU ``k``; ``extra[k]`` is added to the coefficients of the ReLU ``k``
     pre-activation (beta-CROWN split terms). Returns ``(lb (B, S), lams)`` where ``lams[k]`` is the
     coefficient of the ReLU ``k`` output and ``lams[-1]`` that of the input (only when ``keep``; used
-    for branching and for the box corner that minimises the linear bound).
+    for branching and for the box corner that minimises the linear bound). ``relaxed``: the
+    :func:`relax` of every ``intermediate`` pair, when the caller reuses them over many passes.
     """
     lo, hi = _flat(lower), _flat(upper)
     A = C
     bias = C.new_zeros(C.shape[:2])
     k = graph.relu_count()
     lams = [None] * k
+    if relaxed is None:
+        relaxed = relax_all(intermediate[:k])
     for op in reversed(graph.ops):
         if isinstance(op, ReLU):
             k -= 1
-            l, u = intermediate[k]
-            up, icpt, low, unstable = relax(l, u)
-            up, icpt, low = up.unsqueeze(1), icpt.unsqueeze(1), low.unsqueeze(1)
+            up, icpt, low, unstable = relaxed[k]
             if slopes is not None and slopes[k] is not None:
                 low = torch.where(unstable.unsqueeze(1), slopes[k], low)
             if keep:
@@ -76,9 +88,12 @@ def backward(
             A = op.back(A)
     if keep:
         lams.append(A)
-    mid, rad = (hi + lo) / 2, (hi - lo) / 2
-    lb = torch.einsum("bsn,bn->bs", A, mid) - torch.einsum("bsn,bn->bs", A.abs(), rad) + bias
-    return lb, lams
+    if lo.shape[0] == 1 or lo.stride(0) == hi.stride(0) == 0:  # one box for the whole batch
+        lo, hi = lo[0], hi[0]
+        lb = A @ ((hi + lo) / 2) - A.abs() @ ((hi - lo) / 2)
+    else:  # broadcast products: a batched matrix-vector product (bmm) is several times slower
+        lb = (A * ((hi + lo) / 2).unsqueeze(1)).sum(-1) - (A.abs() * ((hi - lo) / 2).unsqueeze(1)).sum(-1)
+    return lb + bias, lams
 
 
 def _relu_positions(graph: Graph) -> list[int]:

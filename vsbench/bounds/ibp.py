@@ -36,8 +36,9 @@ def ibp_spec(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Te
     head = Graph(graph.ops[:last], graph.in_shape)
     lo, hi = ibp_bounds(head, lower, upper)[-1]
     op = graph.ops[last]
-    A = op.back(C)  # (B, S, n_in of the last op)
     mid, rad = (hi + lo) / 2, (hi - lo) / 2
-    center = (A @ mid.unsqueeze(-1)).squeeze(-1)
-    radius = (A.abs() @ rad.unsqueeze(-1)).squeeze(-1)
-    return center - radius + op.bias_term(C)
+    # C (W mid + b) - |C W| rad, as broadcast products: batched matrix-vector products (bmm)
+    # of these shapes cost ~3x more per training step on a CPU
+    center = (C * op.forward(mid).unsqueeze(-2)).sum(-1)
+    radius = (op.back(C).abs() * rad.unsqueeze(-2)).sum(-1)
+    return center - radius
