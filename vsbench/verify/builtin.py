@@ -255,10 +255,12 @@ class _BaB:
         if y is not None and (cex := check(p.region, y)) is not None:
             raise _Found(cex)
 
-    def run(self, deadline: Deadline, check, log: list, pause_s: float = float("inf")) -> tuple[str, float]:
+    def run(self, deadline: Deadline, check, log: list, pause_s: float = float("inf"),
+            skip: frozenset = frozenset()) -> tuple[str, float]:
         """``("unsat", proven_lb)``, ``("timeout", lb)``, ``("paused", lb)`` (after the first step that
         ends ``pause_s`` seconds or more from now) or ``("unknown", lb)`` (too many domains or an LP
-        leaf left undecided); raises :class:`_Found` with a confirmed counterexample."""
+        leaf left undecided); raises :class:`_Found` with a confirmed counterexample. Domains of the
+        clauses ``skip`` (indices into ``clauses``: the MILP is on them) wait while others are open."""
         pause_at = time.monotonic() + pause_s
         while len(self.lb):
             if deadline.expired():
@@ -270,6 +272,10 @@ class _BaB:
                 return "unknown", float(self.lb.min())
             self.steps += 1
             order = self.lb.argsort()
+            if skip:
+                later = torch.isin(self.owner[order], torch.as_tensor(sorted(skip), dtype=self.owner.dtype))
+                if not later.all():
+                    order = torch.cat([order[~later], order[later]])
             pick, rest = order[:BATCH], order[BATCH:]
             idx = self._branch(pick)
             for d in pick[idx < 0].tolist():
@@ -369,13 +375,14 @@ class _MilpWorker:
     def __init__(self, p: _Region, rows, deadline: Deadline, check):
         self.p, self.rows, self.deadline, self.check = p, rows, deadline, check
         self.proven: dict[int, float] = {}  # clause -> lower bound of its margin
-        self.cex, self.error, self.busy = None, None, False
+        self.cex, self.error, self.current = None, None, None  # current: the clause being solved
         self.tried: set[int] = set()
         self.left: set[int] = set()
         self.ranking: list[int] = []
         self.closed = False
         self.cond = threading.Condition()
-        threading.Thread(target=self._run, daemon=True).start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def update(self, left: set[int], ranking: list[int]):
         with self.cond:
@@ -385,12 +392,15 @@ class _MilpWorker:
     def idle(self) -> bool:
         """Nothing running and nothing in the ranking left to try."""
         with self.cond:
-            return not self.busy and self._next() is None
+            return self.current is None and self._next() is None
 
     def close(self):
+        """Stop the MILP (at its next MIP node, or its time limit: the deadline) and wait for it, so
+        no solver outlives the verdict (it would take CPU from the next one)."""
         with self.cond:
             self.closed = True
             self.cond.notify()
+        self.thread.join()
 
     def _next(self):
         return next((c for c in self.ranking if c in self.left and c not in self.tried), None)
@@ -405,12 +415,12 @@ class _MilpWorker:
                         return
                     c = self._next()
                     self.tried.add(c)
-                    self.busy = True
+                    self.current = c
                 _, C, r = self.rows[c]
                 st, x, lb = milp_clause(self.p.layers, self.p.lo[0], self.p.hi[0], self.p.bounds, C, r,
                                         self.deadline.left(), stop=lambda: self.closed or c not in self.left)
                 with self.cond:
-                    self.busy = False
+                    self.current = None
                     if st == "unsat":
                         self.proven[c] = lb
                 if st == "sat" and (cex := self.check(self.p.region, self.p.full_x(x))) is not None:
@@ -427,7 +437,6 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
     left = {c for cs, _ in babs for c in cs}
     failed: set[int] = set()  # BaB cannot decide these (an LP leaf undecided, too many domains)
     gave_up: set[int] = set()  # nor could the MILP
-    trace: list[tuple[float, dict]] = []  # (time, lowest BaB bound per clause) after each round
 
     def settle(c, lb):
         left.discard(c)
@@ -455,7 +464,8 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
             if not any(c in left and c not in failed for c in cs):
                 continue
             ran = True
-            st, _ = bab.run(deadline, check, log, SLICE_S)
+            milp_on = worker.current if worker is not None else None
+            st, _ = bab.run(deadline, check, log, SLICE_S, frozenset(i for i, c in enumerate(cs) if c == milp_on))
             for i, (c, lb) in enumerate(zip(cs, bab.clause_lbs().tolist())):
                 if c not in left or c in failed:
                     continue
@@ -481,14 +491,9 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                     left.discard(c)
                     gave_up.add(c)
             continue
-        now = time.monotonic()
-        trace.append((now, lbs))
-        if now - trace[0][0] >= WINDOW_S:  # BaB has shown which clauses it is stuck on
-            old = next(t for s, t in reversed(trace) if s <= now - WINDOW_S)
-            rise = {c: lb - old.get(c, lb) for c, lb in lbs.items()}
-            worker.update(left, sorted(failed & left) + sorted(rise, key=lambda c: (rise[c], lbs[c])))
-        else:
-            worker.update(left, sorted(failed & left))
+        # BaB bounds the lowest domains first, so it works up from the clause with the lowest bound;
+        # the MILP works down from the highest (closest to proven), and the two meet in between
+        worker.update(left, sorted(failed & left) + sorted(lbs, key=lambda c: -lbs[c]))
         if not ran:  # only the MILP can still decide something
             if worker.idle() and not (worker.proven.keys() & left):
                 gave_up |= left
