@@ -66,7 +66,6 @@ def test_verifier_never_contradicts_milp(threads, seeds, monkeypatch):
     torch.set_num_threads(threads)
     if threads > 1:
         monkeypatch.setattr(builtin, "SLICE_S", 0.002)
-        monkeypatch.setattr(builtin, "WINDOW_S", 0.0)
     counts = {"sat": 0, "unsat": 0, "bab": 0, "milp": 0}
     for seed in range(seeds):
         layers, region = _problem(seed)

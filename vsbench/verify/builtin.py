@@ -29,7 +29,6 @@ CANDIDATES = 4  # filtered smart branching: neurons tried per domain
 FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
 MAX_DOMAINS = 200_000
 SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
-WINDOW_S = 5.0  # the MILP worker's next clause: the one whose BaB bound rose least over this window
 
 
 # --------------------------------------------------------------------------- simplification
@@ -432,8 +431,9 @@ class _MilpWorker:
 
 def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, worker: _MilpWorker | None):
     """Decide the open clauses: BaB groups in round robin slices of ``SLICE_S``; clauses BaB gives up on
-    go to the MILP (on the worker when there is one, which also takes the clause whose BaB bound rose
-    least over the last ``WINDOW_S`` seconds). ``("sat", x)`` or ``(status, margin)``."""
+    go to the MILP. With a worker, its MILP also takes the other clauses from the highest BaB bound
+    down while BaB, skipping the MILP's clause, bounds the lowest domains first.
+    ``("sat", x)`` or ``(status, margin)``."""
     left = {c for cs, _ in babs for c in cs}
     failed: set[int] = set()  # BaB cannot decide these (an LP leaf undecided, too many domains)
     gave_up: set[int] = set()  # nor could the MILP
