@@ -112,6 +112,12 @@ class _Region:
     def __post_init__(self):
         self.graph = Graph.from_dense(self.layers)
 
+    def milp(self, C, rhs, time_limit: float, check, stop=None):
+        """The exact MILP of one clause over the region: ``(status, lb, cex)``, ``cex`` the confirmed
+        counterexample of a ``sat`` (None when ``check`` rejects its point)."""
+        st, x, lb = milp_clause(self.layers, self.lo[0], self.hi[0], self.bounds, C, rhs, time_limit, stop)
+        return st, lb, (check(self.region, self.full_x(x)) if st == "sat" else None)
+
     def full_x(self, x_kept) -> np.ndarray:
         x = (self.region.lower + self.region.upper) / 2
         x[self.keep.numpy()] = np.asarray(x_kept, dtype=np.float64).ravel()[: len(self.keep)]
@@ -416,13 +422,13 @@ class _MilpWorker:
                     self.tried.add(c)
                     self.current = c
                 _, C, r = self.rows[c]
-                st, x, lb = milp_clause(self.p.layers, self.p.lo[0], self.p.hi[0], self.p.bounds, C, r,
-                                        self.deadline.left(), stop=lambda: self.closed or c not in self.left)
+                st, lb, cex = self.p.milp(C, r, self.deadline.left(), self.check,
+                                          stop=lambda: self.closed or c not in self.left)
                 with self.cond:
                     self.current = None
                     if st == "unsat":
                         self.proven[c] = lb
-                if st == "sat" and (cex := self.check(self.p.region, self.p.full_x(x))) is not None:
+                if cex is not None:
                     self.cex = cex
                     return
         except Exception as exc:  # noqa: BLE001 - re-raised in the BaB thread
@@ -481,9 +487,9 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                 if deadline.expired():
                     break
                 _, C, r = rows[c]
-                st, x, lb = milp_clause(p.layers, p.lo[0], p.hi[0], p.bounds, C, r, deadline.left())
+                st, lb, cex = p.milp(C, r, deadline.left(), check)
                 log.append(f"milp: {st}")
-                if st == "sat" and (cex := check(p.region, p.full_x(x))) is not None:
+                if cex is not None:
                     return "sat", cex
                 if st == "unsat":
                     settle(c, lb)
