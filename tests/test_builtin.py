@@ -61,12 +61,12 @@ def _truth(layers, region):
 
 @pytest.mark.parametrize("threads,seeds", [(1, 200), (2, 100)])
 def test_verifier_never_contradicts_milp(threads, seeds, monkeypatch):
-    """One thread: BaB alone. Two: clause MILPs in a thread beside BaB, started after every 2 ms
-    BaB round (instead of 1 s) so that they race BaB on these small problems."""
+    """One thread: BaB alone. Two: clause MILPs in a thread beside BaB. BaB rounds of 2 ms (instead
+    of 1 s), so that on these small problems the refined bounds replace BaB's after its first step
+    and the MILPs race BaB."""
     torch.set_num_threads(threads)
-    if threads > 1:
-        monkeypatch.setattr(builtin, "SLICE_S", 0.002)
-    counts = {"sat": 0, "unsat": 0, "bab": 0, "milp": 0}
+    monkeypatch.setattr(builtin, "SLICE_S", 0.002)
+    counts = {"sat": 0, "unsat": 0, "bab": 0, "milp": 0, "refine": 0}
     for seed in range(seeds):
         layers, region = _problem(seed)
         g = Graph.from_dense(layers)
@@ -84,8 +84,9 @@ def test_verifier_never_contradicts_milp(threads, seeds, monkeypatch):
         counts[v.status] += 1
         counts["bab"] += "bab:" in v.log
         counts["milp"] += "milp:" in v.log
+        counts["refine"] += "refine:" in v.log
     assert torch.get_num_threads() == threads  # restored after the MILP thread
-    assert counts["sat"] > 5 and counts["unsat"] > 5 and counts["bab"] > 2, counts
+    assert counts["sat"] > 5 and counts["unsat"] > 5 and counts["bab"] > 2 and counts["refine"] > 2, counts
     assert (counts["milp"] > 0) == (threads > 1), counts
 
 

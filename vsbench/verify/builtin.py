@@ -17,6 +17,7 @@ import torch
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
 from ..bounds.crown import crown_bounds, crown_spec
+from ..bounds.refine import split_refine
 from ..bounds.graph import Graph, UnsupportedModel, from_onnx
 from .api import Deadline, Instance, Property, Region, Verdict
 from .attack import pgd_attack
@@ -28,6 +29,7 @@ LR_ALPHA, LR_BETA = 0.01, 0.05
 CANDIDATES = 4  # filtered smart branching: neurons tried per domain
 FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
 MAX_DOMAINS = 200_000
+REFINE_SPLITS = 4  # previous-layer neurons split per neuron when tightening intermediate bounds
 SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
 
 
@@ -363,11 +365,25 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         _, C, r = rows[c]
         groups.setdefault(len(r), []).append((c, (C, r, [s[:, pos] for s in row_slopes])))
     babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph)) for g in groups.values()]
+
+    def refine(babs, left):
+        """Tighter intermediate bounds for the region (:func:`split_refine`); BaB starts over with
+        them on the clauses still ``left``."""
+        t = time.monotonic()
+        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, REFINE_SPLITS, deadline=deadline)
+        log.append(f"refine: {time.monotonic() - t:.1f} s, unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
+        out = []
+        for cs, bab in babs:
+            fresh = _BaB(p, bab.clauses, graph)
+            fresh.drop([i for i, c in enumerate(cs) if c not in left])
+            out.append((cs, fresh))
+        return out
+
     if not milp_thread:
-        return _decide(p, rows, babs, best, deadline, check, log, None)
+        return _decide(p, rows, babs, best, deadline, check, log, None, refine)
     worker = _MilpWorker(p, rows, deadline, check)
     try:
-        return _decide(p, rows, babs, best, deadline, check, log, worker)
+        return _decide(p, rows, babs, best, deadline, check, log, worker, refine)
     finally:
         worker.close()
 
@@ -435,10 +451,12 @@ class _MilpWorker:
             self.error = exc
 
 
-def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, worker: _MilpWorker | None):
+def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, worker: _MilpWorker | None,
+            refine=None):
     """Decide the open clauses: BaB groups in round robin slices of ``SLICE_S``; clauses BaB gives up on
     go to the MILP. With a worker, its MILP also takes the other clauses from the highest BaB bound
-    down while BaB, skipping the MILP's clause, bounds the lowest domains first.
+    down while BaB, skipping the MILP's clause, bounds the lowest domains first. Clauses left after
+    the first round get ``refine(babs, left) -> babs`` (tighter bounds, BaB restarted) first.
     ``("sat", x)`` or ``(status, margin)``."""
     left = {c for cs, _ in babs for c in cs}
     failed: set[int] = set()  # BaB cannot decide these (an LP leaf undecided, too many domains)
@@ -482,6 +500,9 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                     settle(c, bab.proven)  # the lowest bound of any domain BaB proved
                 else:
                     lbs[c] = lb
+        if refine is not None and left - failed and not deadline.expired():
+            babs, refine = refine(babs, left - failed), None
+            continue
         if worker is None:
             for c in sorted(failed & left):  # the exact MILP gets the rest of the time
                 if deadline.expired():
