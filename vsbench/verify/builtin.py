@@ -29,7 +29,7 @@ LR_ALPHA, LR_BETA = 0.01, 0.05
 CANDIDATES = 4  # filtered smart branching: neurons tried per domain
 FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
 MAX_DOMAINS = 200_000
-REFINE_SPLITS = 4  # previous-layer neurons split per neuron when tightening intermediate bounds
+REFINE_SPLITS = 4  # earlier neurons split (2^4 patterns) per neuron when tightening intermediate bounds
 SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
 
 
