@@ -367,10 +367,11 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
     babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph)) for g in groups.values()]
 
     def refine(babs, left):
-        """Tighter intermediate bounds for the region (:func:`split_refine`); BaB starts over with
-        them on the clauses still ``left``."""
+        """Tighter intermediate bounds for the region (:func:`split_refine`, at most half the time
+        left: on wide nets it is cut short, keeping what it tightened); BaB starts over with them on
+        the clauses still ``left``."""
         t = time.monotonic()
-        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, REFINE_SPLITS, deadline=deadline)
+        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, REFINE_SPLITS, deadline=Deadline(deadline.left() / 2))
         log.append(f"refine: {time.monotonic() - t:.1f} s, unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
         out = []
         for cs, bab in babs:
