@@ -17,23 +17,17 @@ import itertools
 import torch
 
 from .beta import beta_spec, split_bounds
-from .crown import Bounds, backward
+from .crown import Bounds, backward, relax
 from .graph import Graph
 
 MAX_DOMAINS = 4096  # patterns x neurons bounded per beta-CROWN batch
-
-
-def _gap(l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Height of the triangle relaxation (0 for stable neurons)."""
-    unstable = (l < 0) & (u > 0)
-    return torch.where(unstable, -l * u / (u - l).clamp(min=1e-12), torch.zeros_like(l))
 
 
 def _refine_layer(layers, lower, upper, bounds: Bounds, k: int, K: int, iters: int, deadline):
     """The bounds of ReLU ``k``'s input, its unstable neurons tightened (see the module docstring)."""
     l, u = bounds[k][0][0], bounds[k][1][0]
     js = torch.nonzero((l < 0) & (u > 0)).flatten()
-    gaps = torch.cat([_gap(a[0], b[0]) for a, b in bounds[:k]])
+    gaps = torch.cat([relax(a[0], b[0])[1] for a, b in bounds[:k]])  # the chord's intercept: the triangle's height
     K = min(K, int((gaps > 0).sum()))
     if not len(js) or not K:
         return bounds[k]

@@ -371,8 +371,10 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         left: on wide nets it is cut short, keeping what it tightened); BaB starts over with them on
         the clauses still ``left``."""
         t = time.monotonic()
-        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, REFINE_SPLITS, deadline=Deadline(deadline.left() / 2))
-        log.append(f"refine: {time.monotonic() - t:.1f} s, unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
+        half = Deadline(deadline.left() / 2)
+        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, REFINE_SPLITS, deadline=half)
+        unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]
+        log.append(f"refine: {time.monotonic() - t:.1f} s, unstable {unstable}")
         out = []
         for cs, bab in babs:
             fresh = _BaB(p, bab.clauses, graph)
