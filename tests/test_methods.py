@@ -1,14 +1,16 @@
 """Each registered method trains one tiny epoch on real MNIST and reaches its target sparsity;
 a new sparsifier is added the documented way (one class + @register)."""
 
+import onnx
 import pytest
 import torch
 
 from vsbench.data import load_dataset
+from vsbench.export.onnx import export_onnx, onnx_stats
 from vsbench.train.loop import TrainConfig, Trainer, train
 from vsbench.train.methods import Sparsifier, get_method, list_methods, register
 from vsbench.train.sparse import sparse_layers
-from vsbench.train.sparsity import prunable, random_masks
+from vsbench.train.sparsity import BATCHNORMS, prunable, random_masks
 
 TINY = dict(arch="mlp-2x100", epochs=1, n_train=256, batch_size=64, eps=0.1, ramp_epochs=0.5, eval_test=100)
 PHASES = {"dense": {"train"}, "verisparse": {"train"}, "verisparse-structured": {"train"},
@@ -51,6 +53,28 @@ def test_default_phase_epochs_follow_the_papers(method, epochs, data_dir):
     assert seen == epochs
     for phase in epochs:
         assert res.phases[phase] == pytest.approx(sum(r["seconds"] for r in res.history if r["phase"] == phase))
+
+
+@pytest.mark.parametrize("method,options", [("verisparse", {}), ("verisparse-structured", {"importance": "bn", "delta_t": 1}),
+                                            ("hydra", {}), ("prune-after", {})])
+def test_batchnorm_nets_train_and_come_out_folded(method, options, data_dir, tmp_path):
+    """The fast-IBP recipe's BatchNorm (``-bn`` architectures) trains with every sparsifier; the
+    result is a plain net at the target sparsity whose ONNX export has no BatchNormalization."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(method=method, sparsity=0.9, method_options=options, **{**TINY, "arch": "mlp-2x100-bn"})
+    res = train(cfg, data_dir)
+    assert not any(isinstance(m, BATCHNORMS) for m in res.model.modules())
+    assert res.info["sparsity"] == pytest.approx(0.9, abs=0.011)
+    if method == "verisparse-structured":  # dropped units (BatchNorm scale and shift masked) compacted away
+        assert [m.weight.shape[0] for m in prunable(res.model)] == [11, 11, 10]
+    path = export_onnx(res.model, (1, 28, 28), tmp_path / "m.onnx")  # checked in onnxruntime
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert onnx_stats(path)["nonzero_params"] == res.info["nonzero_params"]
+
+
+def test_bn_importance_needs_a_batchnorm_architecture():
+    with pytest.raises(ValueError, match="importance 'bn' needs an architecture with BatchNorm"):
+        TrainConfig(method="verisparse-structured", method_options={"importance": "bn"}, arch="mlp-2x100")
 
 
 @pytest.mark.parametrize("options", [{"rounds": 2, "scope": "layer"}, {"density": "erk", "score_frac": 0.5}])

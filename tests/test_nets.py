@@ -1,12 +1,16 @@
 """Every architecture builds, normalises inside the model, and matches its bound graph."""
 
+import copy
+
 import pytest
 import torch
 
 from vsbench.bounds.graph import from_torch
 from vsbench.bounds.ibp import ibp_bounds
 from vsbench.data import DATASETS
-from vsbench.nets import Normalize, build_from_layers, build_net, describe_layers, hidden_widths, list_nets
+from vsbench.nets import (Normalize, build_from_layers, build_net, describe_layers, fold_batchnorm, hidden_widths,
+                          list_nets)
+from vsbench.train.sparsity import BATCHNORMS, prunable
 
 
 @pytest.mark.parametrize("name", list_nets())
@@ -22,6 +26,38 @@ def test_graph_matches_model(name):
     rebuilt = build_from_layers(describe_layers(model))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.allclose(rebuilt(x), out)
+
+
+@pytest.mark.parametrize("name", ["mlp-2x100-bn", "cnn-small-bn"])
+def test_batchnorm_trains_on_batch_statistics_and_folds_away(name):
+    """In training mode the graph's BatchNorm is the affine map of the clean batch's statistics
+    (the first input it sees), updating the running statistics once as torch does; IBP bounds hold
+    for that map; folding gives the eval-mode function with no BatchNorm and zeros kept."""
+    torch.manual_seed(0)
+    model = build_net(name, "mnist")
+    ref = copy.deepcopy(model)
+    x = torch.rand(32, 1, 28, 28)
+    graph = from_torch(model, (1, 28, 28))
+    assert torch.allclose(graph.forward(x), ref(x), atol=1e-5)
+    lo, hi = (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1)
+    l, u = ibp_bounds(graph, lo, hi)[-1]
+    for _ in range(10):
+        y = graph.forward(lo + (hi - lo) * torch.rand_like(x))
+        assert (y >= l - 1e-4).all() and (y <= u + 1e-4).all()
+    bns = [m for m in model if isinstance(m, BATCHNORMS)]
+    assert len(bns) == 3 if name.startswith("cnn") else len(bns) == 2
+    for bn, bn_ref in zip(bns, [m for m in ref if isinstance(m, BATCHNORMS)]):
+        assert int(bn.num_batches_tracked) == 1
+        assert torch.allclose(bn.running_mean, bn_ref.running_mean, atol=1e-6)
+        assert torch.allclose(bn.running_var, bn_ref.running_var, atol=1e-6)
+    with torch.no_grad():
+        prunable(model)[0].weight[::2] = 0
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, BATCHNORMS) for m in folded)
+    assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert (prunable(folded)[0].weight[::2] == 0).all()
+    assert fold_batchnorm(folded) is folded
 
 
 def test_normalize_affine_scale_matches_forward():

@@ -1,6 +1,9 @@
 """Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten.
 
-Input normalisation is the first layer, so models take pixel-scale inputs in [0, 1]. Every model
+Input normalisation is the first layer, so models take pixel-scale inputs in [0, 1]. Each name
+with ``-bn`` appended (e.g. ``cnn-small-bn``) adds a BatchNorm after every hidden Linear / Conv2d,
+as in the fast IBP recipe (Shi et al. 2021); :func:`fold_batchnorm` folds it away after training,
+so saved and exported models are plain. Every model
 can be described as a plain list of layers (:func:`describe_layers`) and rebuilt from it
 (:func:`build_from_layers`); checkpoints use this to restore compacted (structured-pruned) nets.
 """
@@ -11,6 +14,8 @@ import math
 
 import torch
 from torch import nn
+
+from vsbench.bounds.graph import batchnorm_affine
 
 # name -> hidden layers: ("conv", channels, kernel, stride, padding) or ("fc", units); a final FC to
 # the classes is appended.
@@ -46,8 +51,11 @@ class Normalize(nn.Module):
         return a.repeat_interleave(per), b.repeat_interleave(per)
 
 
+BN = "-bn"
+
+
 def list_nets() -> list[str]:
-    return list(ARCHS)
+    return [*ARCHS, *(name + BN for name in ARCHS)]
 
 
 def _info(dataset_info):
@@ -63,10 +71,11 @@ def build_net(name: str, dataset_info, widths: list[int] | None = None) -> nn.Se
 
     ``widths`` overrides the number of units (channels / neurons) of each hidden layer.
     """
-    if name not in ARCHS:
-        raise ValueError(f"unknown architecture '{name}' (known: {', '.join(ARCHS)})")
+    if name not in list_nets():
+        raise ValueError(f"unknown architecture '{name}' (known: {', '.join(list_nets())})")
     info = _info(dataset_info)
-    spec = ARCHS[name]
+    batch_norm = name.endswith(BN)
+    spec = ARCHS[name.removesuffix(BN)]
     if widths is not None and len(widths) != len(spec):
         raise ValueError(f"{name}: {len(widths)} widths given for {len(spec)} hidden layers")
     c, h, w = info.in_shape
@@ -84,6 +93,8 @@ def build_net(name: str, dataset_info, widths: list[int] | None = None) -> nn.Se
                 c, flat = c * h * w, True
             layers.append({"type": "linear", "in": c, "out": units})
             c = units
+        if batch_norm:
+            layers.append({"type": "batchnorm", "features": units, "dims": 1 if flat else 2})
         layers.append({"type": "relu"})
     if not flat:
         layers.append({"type": "flatten"})
@@ -105,6 +116,8 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
                                       int(d["padding"])))
             elif t == "linear":
                 mods.append(nn.Linear(int(d["in"]), int(d["out"])))
+            elif t == "batchnorm":
+                mods.append((nn.BatchNorm1d if int(d["dims"]) == 1 else nn.BatchNorm2d)(int(d["features"])))
             elif t == "relu":
                 mods.append(nn.ReLU())
             elif t == "flatten":
@@ -127,6 +140,9 @@ def describe_layers(model: nn.Sequential) -> list[dict]:
                         "stride": m.stride[0], "padding": m.padding[0]})
         elif isinstance(m, nn.Linear):
             out.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            dims = 1 if isinstance(m, nn.BatchNorm1d) else 2
+            out.append({"type": "batchnorm", "features": m.num_features, "dims": dims})
         elif isinstance(m, nn.ReLU):
             out.append({"type": "relu"})
         elif isinstance(m, nn.Flatten):
@@ -149,3 +165,36 @@ def ibp_init_(model: nn.Module) -> nn.Module:
     for m in layers[:-1]:
         nn.init.normal_(m.weight, std=math.sqrt(2 * math.pi) / m.weight[0].numel())
     return model
+
+
+def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
+    """The model's eval-mode function without BatchNorm layers: each is folded into the Linear /
+    Conv2d before it (``W' = a W``, ``b' = a b + beta - a mean``, ``a = gamma / sqrt(var + eps)``),
+    so zero weights stay zero. A model without BatchNorm is returned as it is."""
+    if not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model):
+        return model
+    mods: list[nn.Module] = []
+    for m in model:
+        if not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            mods.append(m)
+            continue
+        prev = mods[-1] if mods else None
+        if not isinstance(prev, (nn.Linear, nn.Conv2d)):
+            raise ValueError("a BatchNorm layer must follow a Linear or Conv2d layer to be folded")
+        mods[-1] = _fold(prev, m)
+    return nn.Sequential(*mods)
+
+
+@torch.no_grad()
+def _fold(layer: nn.Linear | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Linear | nn.Conv2d:
+    """A plain layer computing ``bn(layer(x))`` with ``bn``'s running statistics."""
+    a, shift = batchnorm_affine(bn)
+    w = layer.weight  # the effective weight: masks (parametrizations) included
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(layer.in_features, layer.out_features)
+    else:
+        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding)
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(a)
+    new.weight.copy_(w * a.reshape(-1, *([1] * (w.dim() - 1))))
+    new.bias.copy_(a * bias + shift)
+    return new.to(w.device)

@@ -159,6 +159,43 @@ class Scale:
         return Scale(self.a.detach().to(dtype), self.b.detach().to(dtype))
 
 
+class BatchNormTrain(Scale):
+    """A training-mode BatchNorm as the elementwise affine map of its batch statistics.
+
+    The first input it sees (the clean batch: :class:`vsbench.train.loop.Trainer` runs the
+    clean forward pass first) fixes ``a = gamma / sqrt(var + eps)`` and ``b = beta - mean a``,
+    differentiable in the batch, and updates the running statistics as torch does; the bound
+    passes then treat it as that affine map (as auto_LiRPA does in training, Shi et al. 2021).
+    """
+
+    def __init__(self, bn: nn.BatchNorm1d | nn.BatchNorm2d, per: int):
+        self.bn, self.per = bn, per  # per: positions per channel (H * W for BatchNorm2d, else 1)
+        self.a = self.b = None
+
+    @property
+    def n_in(self) -> int:
+        return self.bn.num_features * self.per
+
+    n_out = n_in
+
+    def forward(self, x):
+        if self.a is None:
+            self._fix_statistics(x)
+        return super().forward(x)
+
+    def _fix_statistics(self, x) -> None:
+        bn, n = self.bn, x.shape[0] * self.per
+        channels = x.reshape(x.shape[0], bn.num_features, self.per).transpose(0, 1).reshape(bn.num_features, -1)
+        mean, var = channels.mean(1), channels.var(1, unbiased=False)
+        a = bn.weight / torch.sqrt(var + bn.eps)
+        self.a, self.b = a.repeat_interleave(self.per), (bn.bias - mean * a).repeat_interleave(self.per)
+        with torch.no_grad():
+            m = bn.momentum if bn.momentum is not None else 1.0 / (int(bn.num_batches_tracked) + 1)
+            bn.running_mean.mul_(1 - m).add_(m * mean)
+            bn.running_var.mul_(1 - m).add_(m * var * n / max(1, n - 1))
+            bn.num_batches_tracked.add_(1)
+
+
 @dataclass
 class ReLU:
     def forward(self, x):
@@ -243,7 +280,8 @@ def _flat_modules(model: nn.Module):
             yield m
 
 
-def _bn_scale(bn) -> tuple[torch.Tensor, torch.Tensor]:
+def batchnorm_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(a, b)`` with ``bn(x) = a x + b`` under the running statistics (eval mode)."""
     a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return a, bn.bias - bn.running_mean * a
 
@@ -251,7 +289,8 @@ def _bn_scale(bn) -> tuple[torch.Tensor, torch.Tensor]:
 def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
     """Graph of a sequential torch model. Ops reference the live (differentiable) weights.
 
-    Supports Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (running statistics) and any module
+    Supports Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (running statistics in eval mode,
+    :class:`BatchNormTrain` in training mode) and any module
     with an ``affine_scale(shape) -> (a, b)`` method (e.g. :class:`vsbench.nets.Normalize`).
     """
     shape = tuple(in_shape)
@@ -273,9 +312,12 @@ def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
         elif isinstance(m, nn.Flatten):
             shape = (math.prod(shape),)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            a, b = _bn_scale(m)
             per = math.prod(shape[1:]) if len(shape) == 3 else 1
-            ops.append(Scale(a.repeat_interleave(per), b.repeat_interleave(per)))
+            if m.training:
+                ops.append(BatchNormTrain(m, per))
+            else:
+                a, b = batchnorm_affine(m)
+                ops.append(Scale(a.repeat_interleave(per), b.repeat_interleave(per)))
         elif hasattr(m, "affine_scale"):
             a, b = m.affine_scale(shape)
             ops.append(Scale(a, b))

@@ -72,13 +72,15 @@ class TrainConfig(BaseModel):
         if self.arch not in list_nets():
             raise ValueError(f"unknown architecture '{self.arch}' (known: {', '.join(list_nets())})")
         try:
-            get_method(self.method).Options(**self.method_options)
+            method = get_method(self.method)
+            method.Options(**self.method_options)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ValueError(f"method_options for '{self.method}': {where}: {err['msg']}") from None
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
+        method.check(self)
         return self
 
     @property
@@ -290,7 +292,7 @@ def pick_device(name: str) -> torch.device:
 def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], None] | None = None) -> TrainResult:
     """Train one model as ``cfg`` says; the method runs its phases through one :class:`Trainer`."""
     from vsbench.data import get_dataset_info, load_dataset
-    from vsbench.nets import build_net, ibp_init_
+    from vsbench.nets import build_net, fold_batchnorm, ibp_init_
     from vsbench.train.evaluate import evaluate, verified_accuracy
     from vsbench.train.methods import get_method
     from vsbench.train.sparsity import flops, nonzero_params, nonzero_weights, prunable
@@ -306,7 +308,7 @@ def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], N
     method_cls = get_method(cfg.method)
     method = method_cls(method_cls.Options(**cfg.method_options))
     trainer = Trainer(cfg, images.to(device), labels.to(device), ds.n_classes, device, progress)
-    model = method.run(trainer, model).cpu().eval()
+    model = fold_batchnorm(method.run(trainer, model)).cpu().eval()
 
     info: dict[str, Any] = {
         "in_shape": list(trainer.in_shape),

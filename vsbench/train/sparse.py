@@ -217,11 +217,14 @@ def to_sparse(model: nn.Sequential, masks: list[torch.Tensor], in_shape: tuple[i
     keeping the positions where ``masks`` are nonzero; in place, returns ``model``."""
     x = torch.zeros(1, *in_shape, device=next(model.parameters()).device)
     masks = list(masks)
+    training = model.training
+    model.eval()  # the shape probe must not touch BatchNorm statistics
     with torch.no_grad():
         for i, m in enumerate(model):
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 model[i] = SparseLayer(m, masks.pop(0).reshape(-1).nonzero().squeeze(1), tuple(x.shape[1:]))
             x = model[i](x)
+    model.train(training)
     if masks:
         raise ValueError(f"{len(masks)} masks left over: the model has nested Linear / Conv2d layers")
     return model

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 LAYERS = (nn.Linear, nn.Conv2d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class Mask(nn.Module):
@@ -135,11 +136,21 @@ def unit_mask(module: nn.Module) -> torch.Tensor | None:
     return get_mask(module, "bias")
 
 
-def set_unit_mask(module: nn.Module, keep: torch.Tensor) -> None:
-    """Zero whole units (weight rows / output channels and their bias) where ``keep`` is 0."""
+def set_unit_mask(module: nn.Module, keep: torch.Tensor, bn: nn.Module | None = None) -> None:
+    """Zero whole units (weight rows / output channels and their bias, and the scale and shift of
+    the BatchNorm ``bn`` after the layer) where ``keep`` is 0."""
     keep = keep.float().to(module.weight.device)
     set_mask(module, keep.reshape(-1, *([1] * (module.weight.dim() - 1))).expand_as(module.weight).clone())
     set_mask(module, keep, "bias")
+    if bn is not None:
+        set_mask(bn, keep)
+        set_mask(bn, keep, "bias")
+
+
+def batchnorm_after(model: nn.Sequential) -> dict[nn.Module, nn.Module]:
+    """The BatchNorm layer right after each Linear / Conv2d layer that has one."""
+    mods = list(model)
+    return {m: n for m, n in zip(mods, mods[1:]) if isinstance(m, LAYERS) and isinstance(n, BATCHNORMS)}
 
 
 def structured_keep(model: nn.Module, sparsity: float) -> list[int]:

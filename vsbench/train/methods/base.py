@@ -27,6 +27,10 @@ class Sparsifier:
     def __init__(self, options: BaseModel | None = None):
         self.opt = options if options is not None else self.Options()
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise ``ValueError`` if the method cannot train ``cfg`` (run when the config is built)."""
+
     def run(self, trainer, model: nn.Module) -> nn.Module:
         self.init_masks(model, trainer.cfg)
         trainer.fit("train", model, trainer.cfg.epochs, hooks=self)
