@@ -51,11 +51,11 @@ class Normalize(nn.Module):
         return a.repeat_interleave(per), b.repeat_interleave(per)
 
 
-BN = "-bn"
+BN_SUFFIX = "-bn"
 
 
 def list_nets() -> list[str]:
-    return [*ARCHS, *(name + BN for name in ARCHS)]
+    return [*ARCHS, *(name + BN_SUFFIX for name in ARCHS)]
 
 
 def _info(dataset_info):
@@ -74,8 +74,8 @@ def build_net(name: str, dataset_info, widths: list[int] | None = None) -> nn.Se
     if name not in list_nets():
         raise ValueError(f"unknown architecture '{name}' (known: {', '.join(list_nets())})")
     info = _info(dataset_info)
-    batch_norm = name.endswith(BN)
-    spec = ARCHS[name.removesuffix(BN)]
+    batch_norm = name.endswith(BN_SUFFIX)
+    spec = ARCHS[name.removesuffix(BN_SUFFIX)]
     if widths is not None and len(widths) != len(spec):
         raise ValueError(f"{name}: {len(widths)} widths given for {len(spec)} hidden layers")
     c, h, w = info.in_shape

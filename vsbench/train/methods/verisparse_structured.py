@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from vsbench.nets import fold_batchnorm
+from vsbench.nets import BN_SUFFIX, fold_batchnorm
 from vsbench.train.sparsity import (batchnorm_after, compact, get_mask, prunable, raw_weight, set_unit_mask,
                                     structured_keep, unit_mask)
 
@@ -50,8 +50,8 @@ class VeriSparseStructured(DropRegrow):
 
     @classmethod
     def check(cls, cfg) -> None:
-        if cls.Options(**cfg.method_options).importance == "bn" and not cfg.arch.endswith("-bn"):
-            raise ValueError(f"importance 'bn' needs an architecture with BatchNorm ('{cfg.arch}-bn')")
+        if cls.Options(**cfg.method_options).importance == "bn" and not cfg.arch.endswith(BN_SUFFIX):
+            raise ValueError(f"importance 'bn' needs an architecture with BatchNorm ('{cfg.arch}{BN_SUFFIX}')")
 
     def run(self, trainer, model):
         self.in_shape = trainer.in_shape
