@@ -57,6 +57,16 @@ def test_unknown_method(tmp_path):
     assert_one_clear_error(r, bad, "unknown method 'hydro'")
 
 
+def test_bad_method_options_fail_before_training(tmp_path):
+    text = (ROOT / "specs" / "smoke.yaml").read_text()
+    text = text.replace("sparsity: [0.5]", "sparsity: [0.5]\n    options: {dleta_t: 10}")
+    bad = tmp_path / "options.yaml"
+    bad.write_text(text)
+    r = vsbench("run", "--suite", bad, "--out", tmp_path / "out")
+    assert_one_clear_error(r, bad, "dleta_t: Extra inputs are not permitted")
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_data(tmp_path):
     missing = tmp_path / "nowhere"
     r = vsbench("train", "--suite", "smoke", "--profile", "quick", "--out", tmp_path / "out",

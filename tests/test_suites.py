@@ -29,6 +29,8 @@ def test_all_five_methods_in_every_suite():
     (("archs: [mlp-2x100]", "archs: [resnet-9000]"), "unknown architecture 'resnet-9000'"),
     (("dataset: mnist", "dataset: cifar-1000"), "unknown dataset 'cifar-1000'"),
     (("properties: 5", "properties: -1"), "properties"),
+    (("sparsity: [0.5]", "sparsity: [0.5]\n    options: {dleta_t: 10}"), "methods.2 (verisparse-structured)"),
+    (("sparsity: [0.5]", "sparsity: [0.5]\n    options: {importance: bn}"), "needs an architecture with BatchNorm"),
 ])
 def test_invalid_values_name_the_file(tmp_path, mutation, needle):
     from vsbench.suites import SPECS_DIR

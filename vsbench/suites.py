@@ -101,8 +101,8 @@ def resolve_suite_path(name_or_path: str) -> Path:
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "top level"
-    return f"{where}: {err['msg']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(str(p) for p in err['loc'])}: {msg}" if err["loc"] else msg
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -142,9 +142,16 @@ def _check_names(suite: Suite, path: Path) -> None:
         except (ValidationError, TypeError) as exc:
             msg = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
             raise SuiteError(f"{path}: profiles.{profile_name}.train: {msg}") from None
-    for method in suite.methods:
+    for i, method in enumerate(suite.methods):
         if method.name not in list_methods():
             raise SuiteError(f"{path}: unknown method '{method.name}' (known: {', '.join(list_methods())})")
+        for profile in suite.profiles.values():  # the method's options, and the method's own check
+            for arch in profile.archs or suite.archs:
+                try:
+                    TrainConfig(dataset=suite.dataset, arch=arch, method=method.name, eps=suite.eps,
+                                method_options=method.options, **profile.train)
+                except ValidationError as exc:
+                    raise SuiteError(f"{path}: methods.{i} ({method.name}): {_first_error(exc)}") from None
 
 
 def describe(path: Path) -> dict[str, Any]:
