@@ -125,7 +125,8 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def _check_names(suite: Suite, path: Path) -> None:
-    """Dataset, architectures, methods and training settings must exist."""
+    """Dataset, architectures, methods and training settings must exist, and every method must
+    accept its options on every profile and architecture."""
     from vsbench.data import DATASETS
     from vsbench.nets import list_nets
     from vsbench.train.loop import TrainConfig
