@@ -86,8 +86,8 @@ def test_split_refine_is_sound_and_tightens():
     for seed in range(8):
         gen = torch.Generator().manual_seed(seed)
         sizes = [4, 10, 10, 8]
-        layers = [(torch.randn(o, i, generator=gen, dtype=torch.float64), 0.5 * torch.randn(o, generator=gen, dtype=torch.float64))
-                  for i, o in zip(sizes, sizes[1:])]
+        f64 = dict(generator=gen, dtype=torch.float64)
+        layers = [(torch.randn(o, i, **f64), 0.5 * torch.randn(o, **f64)) for i, o in zip(sizes, sizes[1:])]
         lo = torch.rand(1, 4, generator=gen, dtype=torch.float64)
         hi = lo + 0.6
         g = Graph.from_dense(layers)

@@ -55,8 +55,9 @@ def test_default_phase_epochs_follow_the_papers(method, epochs, data_dir):
         assert res.phases[phase] == pytest.approx(sum(r["seconds"] for r in res.history if r["phase"] == phase))
 
 
-@pytest.mark.parametrize("method,options", [("verisparse", {}), ("verisparse-structured", {"importance": "bn", "delta_t": 1}),
-                                            ("hydra", {}), ("prune-after", {})])
+@pytest.mark.parametrize("method,options", [
+    ("verisparse", {}), ("verisparse-structured", {"importance": "bn", "delta_t": 1}), ("hydra", {}), ("prune-after", {}),
+])
 def test_batchnorm_nets_train_and_come_out_folded(method, options, data_dir, tmp_path):
     """The fast-IBP recipe's BatchNorm (``-bn`` architectures) trains with every sparsifier; the
     result is a plain net at the target sparsity whose ONNX export has no BatchNormalization."""

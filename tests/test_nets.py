@@ -45,7 +45,7 @@ def test_batchnorm_trains_on_batch_statistics_and_folds_away(name):
         y = graph.forward(lo + (hi - lo) * torch.rand_like(x))
         assert (y >= l - 1e-4).all() and (y <= u + 1e-4).all()
     bns = [m for m in model if isinstance(m, BATCHNORMS)]
-    assert len(bns) == 3 if name.startswith("cnn") else len(bns) == 2
+    assert len(bns) == (3 if name.startswith("cnn") else 2)
     for bn, bn_ref in zip(bns, [m for m in ref if isinstance(m, BATCHNORMS)]):
         assert int(bn.num_batches_tracked) == 1
         assert torch.allclose(bn.running_mean, bn_ref.running_mean, atol=1e-6)
