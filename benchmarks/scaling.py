@@ -23,7 +23,8 @@ from pathlib import Path
 import ray
 
 from vsbench.export.benchmark import read_instances
-from vsbench.verify.runner import init_ray, run_verification
+from vsbench.cluster import init_ray
+from vsbench.verify.runner import run_verification
 
 DEFAULT = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) / "vnncomp2021-mnistfc"
 PROPS = ["prop_0_0.03", "prop_5_0.03", "prop_9_0.03", "prop_13_0.03", "prop_6_0.05", "prop_1_0.05",

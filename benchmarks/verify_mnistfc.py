@@ -26,7 +26,7 @@ DEFAULT = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) 
 def _verify(job):
     import torch
 
-    from vsbench.verify.api import Instance
+    from vsbench.spec.api import Instance
     from vsbench.verify.builtin import BuiltinVerifier
 
     onnx, vnnlib, timeout, threads = job

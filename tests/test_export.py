@@ -15,8 +15,9 @@ from torch.nn.utils import parametrize, prune
 
 from vsbench.bounds.graph import from_onnx
 from vsbench.export.benchmark import BenchmarkError, choose_indices, read_instances, regenerate, write_benchmark
-from vsbench.export.onnx import ExportError, export_onnx, onnx_stats, run_onnx
-from vsbench.export.vnnlib import read_vnnlib
+from vsbench.export.onnx import ExportError, export_onnx, onnx_stats
+from vsbench.onnx_io import run_onnx
+from vsbench.spec.vnnlib import read_vnnlib
 
 
 class Normalize(nn.Module):

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from vsbench.export.onnx import export_onnx, run_onnx
-from vsbench.export.vnnlib import write_vnnlib
-from vsbench.verify.api import Instance, Property, Region
+from vsbench.export.onnx import export_onnx
+from vsbench.onnx_io import run_onnx
+from vsbench.spec.vnnlib import write_vnnlib
+from vsbench.spec.api import Instance, Property, Region
 from vsbench.verify.external import (AbcrownVerifier, MarabouVerifier, ResultFileError, VnncompToolVerifier,
                                      find_abcrown, read_result_file, write_result_file)
-from vsbench.verify.runner import check_counterexample
+from vsbench.onnx_io import confirm_counterexample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,7 @@ def test_marabou_tiny(tmp_path, relu_onnx, regions, want):
     assert v.status == want, v.log
     if want == "sat":
         assert v.cex.shape == (2,) and v.cex.dtype == np.float64
-        assert check_counterexample(inst, v.cex)[0] is not None
+        assert confirm_counterexample(inst, v.cex)[0] is not None
 
 
 @needs_marabou
@@ -100,7 +101,7 @@ def test_vsbench_as_vnncomp_tool(mnistfc_dir):
     sat = Instance(mnistfc_dir / "mnist-net_256x2.onnx", mnistfc_dir / "prop_7_0.03.vnnlib", 60)
     v = tool.verify(sat, 60)
     assert v.status == "sat", v.log
-    assert check_counterexample(sat, v.cex)[0] is not None
+    assert confirm_counterexample(sat, v.cex)[0] is not None
     v = tool.verify(Instance(sat.onnx, mnistfc_dir / "prop_0_0.03.vnnlib", 60), 60)
     assert v.status == "unsat", v.log
 
@@ -156,6 +157,6 @@ def test_abcrown_mnistfc(mnistfc_dir):
     inst = Instance(mnistfc_dir / "mnist-net_256x2.onnx", mnistfc_dir / "prop_7_0.03.vnnlib", 60)
     v = AbcrownVerifier().verify(inst, 60)
     assert v.status == "sat", v.log
-    assert check_counterexample(inst, v.cex)[0] is not None
+    assert confirm_counterexample(inst, v.cex)[0] is not None
     v = AbcrownVerifier().verify(Instance(inst.onnx, mnistfc_dir / "prop_0_0.03.vnnlib", 60), 60)
     assert v.status == "unsat", v.log

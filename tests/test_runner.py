@@ -12,12 +12,13 @@ import pytest
 import ray
 
 from vsbench.export.benchmark import read_instances
-from vsbench.export.onnx import run_onnx
-from vsbench.export.vnnlib import read_vnnlib
+from vsbench.onnx_io import run_onnx
+from vsbench.spec.vnnlib import read_vnnlib
 from vsbench.store import read_records
-from vsbench.verify.api import Verdict, Verifier
+from vsbench.spec.api import Verdict, Verifier
 from vsbench.verify.registry import get_verifier, list_verifiers
-from vsbench.verify.runner import init_ray, run_verification
+from vsbench.cluster import init_ray
+from vsbench.verify.runner import run_verification
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the test verifiers by value
 
@@ -166,7 +167,7 @@ def test_wrong_counterexample_downgraded(tmp_path, mnistfc):
 DRIVER = """
 import sys, time
 from vsbench.export.benchmark import read_instances
-from vsbench.verify.api import Verdict, Verifier
+from vsbench.spec.api import Verdict, Verifier
 from vsbench.verify.registry import get_verifier, list_verifiers
 from vsbench.verify.runner import run_verification
 

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from vsbench.export.vnnlib import VnnlibError, read_vnnlib, robustness_property, write_vnnlib
-from vsbench.verify.api import Property, Region
+from vsbench.spec.vnnlib import VnnlibError, read_vnnlib, robustness_property, write_vnnlib
+from vsbench.spec.api import Property, Region
 
 
 def test_all_mnistfc_properties(mnistfc_dir):

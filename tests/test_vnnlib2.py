@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from vsbench.export.vnnlib import VnnlibError, read_vnnlib, write_vnnlib
-from vsbench.export.vnnlib2 import is_vnnlib2, read_property, read_vnnlib2, write_vnnlib2
-from vsbench.verify.api import Property, Region
+from vsbench.spec.vnnlib import VnnlibError, read_vnnlib, write_vnnlib
+from vsbench.spec.vnnlib2 import is_vnnlib2, read_property, read_vnnlib2, write_vnnlib2
+from vsbench.spec.api import Property, Region
 
 pytest.importorskip("vnnlib", reason="VNN-LIB 2.0 reading needs the optional package: pip install vnnlib")
 

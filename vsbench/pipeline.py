@@ -157,7 +157,7 @@ def train_jobs(jobs: list, models_dir: Path, data_dir: Path | None, workers: int
     import torch
 
     from vsbench.train.checkpoint import save_checkpoint
-    from vsbench.verify.runner import init_ray
+    from vsbench.cluster import init_ray
 
     if not jobs:
         return
@@ -252,7 +252,7 @@ def check_inputs(instances) -> None:
     """
     import onnx
 
-    from vsbench.export.vnnlib import read_vnnlib
+    from vsbench.spec.vnnlib import read_vnnlib
 
     for path in sorted({Path(i.onnx) for i in instances}):
         try:

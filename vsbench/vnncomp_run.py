@@ -25,8 +25,8 @@ def main(argv: list[str]) -> int:
     except ValueError:
         print(f"vnncomp_run: timeout {timeout!r} is not a number", file=sys.stderr)
         return 2
-    from vsbench.export.onnx import run_onnx
-    from vsbench.verify.api import Instance
+    from vsbench.onnx_io import run_onnx
+    from vsbench.spec.api import Instance
     from vsbench.verify.external import write_result_file
     from vsbench.verify.registry import get_verifier
 

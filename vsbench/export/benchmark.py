@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vsbench.export.onnx import export_onnx, run_onnx
-from vsbench.export.vnnlib import robustness_property, write_vnnlib
+from vsbench.export.onnx import export_onnx
+from vsbench.onnx_io import run_onnx
+from vsbench.spec.vnnlib import robustness_property, write_vnnlib
 from vsbench.store import write_manifest
-from vsbench.verify.api import Instance
+from vsbench.spec.api import Instance
 
 
 class BenchmarkError(ValueError):

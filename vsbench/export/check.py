@@ -26,7 +26,7 @@ def _resolve(root: Path, rel: str) -> tuple[Path | None, str]:
 
 def _check_onnx(path: Path) -> tuple[tuple[int, int] | None, str]:
     """((n_in, n_out), "") if the model loads and runs in onnxruntime on a zero input, else (None, problem)."""
-    from vsbench.export.onnx import run_onnx, session
+    from vsbench.onnx_io import run_onnx, session
 
     try:
         inputs = session(path).get_inputs()
@@ -43,7 +43,7 @@ def _check_onnx(path: Path) -> tuple[tuple[int, int] | None, str]:
 
 def _parse(path: Path):
     """(Property, "") or (None, problem)."""
-    from vsbench.export.vnnlib import read_vnnlib
+    from vsbench.spec.vnnlib import read_vnnlib
 
     try:
         return read_vnnlib(path), ""

@@ -58,6 +58,8 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, c
     """
     import torch
 
+    from vsbench.onnx_io import run_onnx
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _plain(model)
@@ -75,31 +77,6 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, c
         if not diff < TOLERANCE:
             raise ExportError(f"{path}: onnxruntime output differs from torch by {diff:.3g} (limit {TOLERANCE})")
     return path
-
-
-_SESSIONS: dict[str, object] = {}
-
-
-def session(path: str | Path):
-    """A single-threaded onnxruntime session for ``path``, cached while the file is unchanged."""
-    import onnxruntime as ort
-
-    stat = Path(path).stat()
-    key = f"{Path(path).resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
-    if key not in _SESSIONS:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        _SESSIONS[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return _SESSIONS[key]
-
-
-def run_onnx(path: str | Path, x: np.ndarray) -> np.ndarray:
-    """The model's flat output for one input ``x`` (any shape with the model's number of elements)."""
-    sess = session(path)
-    inp = sess.get_inputs()[0]
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    dtype = np.float64 if inp.type == "tensor(double)" else np.float32
-    return np.asarray(sess.run(None, {inp.name: np.asarray(x, dtype=dtype).reshape(shape)})[0]).ravel()
 
 
 def onnx_stats(path: str | Path) -> dict:

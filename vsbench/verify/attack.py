@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..bounds.graph import Graph
-from .api import Deadline, Region
+from vsbench.spec.api import Deadline, Region
 
 
 def clause_margins(y: torch.Tensor, clauses) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..bounds.beta import beta_bound, beta_spec, split_bounds
 from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds.refine import split_refine
 from ..bounds.graph import Graph, UnsupportedModel, from_onnx
-from .api import Deadline, Instance, Property, Region, Verdict
+from vsbench.spec.api import Deadline, Instance, Property, Region, Verdict
 from .attack import pgd_attack
 from .milp import TAU, milp_clause
 
@@ -582,7 +582,7 @@ class BuiltinVerifier:
         t0 = time.monotonic()
         deadline = Deadline(timeout)
         try:
-            from ..export.vnnlib import read_vnnlib
+            from ..spec.vnnlib import read_vnnlib
 
             graph = from_onnx(instance.onnx)
             prop = read_vnnlib(instance.vnnlib)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Deadline, Instance, Verdict
+from vsbench.spec.api import Deadline, Instance, Verdict
 
 LOG_CHARS = 4000
 KILL_GRACE_S = 5.0  # a subprocess runs this long past its timeout before its process group is killed
@@ -155,7 +155,7 @@ class MarabouVerifier:
     def _solve(self, instance: Instance, deadline: Deadline) -> tuple[str, np.ndarray | None, str]:
         from maraboupy import Marabou, MarabouCore, MarabouUtils
 
-        from vsbench.export.vnnlib import read_vnnlib
+        from vsbench.spec.vnnlib import read_vnnlib
 
         prop = read_vnnlib(instance.vnnlib)
         net = Marabou.read_onnx(str(instance.onnx))

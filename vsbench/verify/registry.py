@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
-from .api import Verifier
+from vsbench.spec.api import Verifier
 
 # name -> "module:attribute" of a zero-argument factory (usually the class)
 VERIFIERS: dict[str, str] = {

@@ -2,13 +2,12 @@
 
 The driver owns all files: workers only compute a verdict. Each finished instance is appended to
 ``out_dir/records.jsonl`` at once (flush + fsync), so a killed run resumes where it stopped; the
-key of a record is ONNX path + VNN-LIB path + verifier name.
+key of a record is ONNX path + VNN-LIB path + verifier name. Ray set-up lives in ``vsbench.cluster``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,33 +15,15 @@ from typing import Callable
 
 import numpy as np
 
+from vsbench.cluster import init_ray
+from vsbench.onnx_io import confirm_counterexample
+from vsbench.spec.api import STATUSES, Instance, Verdict
 from vsbench.store import append_record, host, read_records, record_key, versions
-from vsbench.verify.api import STATUSES, Instance, Verdict
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills the task
 LOG_CHARS = 4000
-
-
-def init_ray(workers: int | None = None, ray_address: str | None = None) -> None:
-    """Start (or join) Ray once: ``ray_address`` / ``RAY_ADDRESS`` joins a cluster, else a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        except ConnectionError as exc:  # a bad address is bad input: one clear line from the CLI
-            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
-                "; a cluster from `ray start` uses token authentication: set RAY_AUTH_MODE=token here (the token"
-                " is read from ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
-            raise ValueError(f"cannot connect to the Ray cluster at {address}: {exc}{hint}") from None
-    else:
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), log_to_driver=False, include_dashboard=False,
-                 logging_level=logging.ERROR)
 
 
 def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None, cores: int = 1) -> dict:
@@ -76,27 +57,6 @@ def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | 
     return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
             "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
             "node": ray.get_runtime_context().get_node_id()}
-
-
-def check_counterexample(instance: Instance, cex, cache: dict | None = None) -> tuple[np.ndarray | None, str]:
-    """Re-run ``cex`` (clipped to each input box) in onnxruntime; the point if it violates the property."""
-    from vsbench.export.onnx import run_onnx
-    from vsbench.export.vnnlib import read_vnnlib
-
-    cache = {} if cache is None else cache
-    key = str(instance.vnnlib)
-    if key not in cache:
-        cache[key] = read_vnnlib(instance.vnnlib)
-    prop = cache[key]
-    x = np.asarray(cex, dtype=np.float64).ravel()
-    if x.size != prop.regions[0].lower.size:
-        return None, f"counterexample has {x.size} inputs, the property {prop.regions[0].lower.size}"
-    for region in prop.regions:
-        xc = np.clip(x, region.lower, region.upper)
-        y = run_onnx(instance.onnx, xc)
-        if prop.violated_by(xc, y):
-            return xc, ""
-    return None, "counterexample does not violate the property in onnxruntime"
 
 
 def _verifier_name(verifier) -> str:
@@ -199,7 +159,7 @@ def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: di
             status, note = "unknown", "sat without a counterexample: downgraded to unknown"
         else:
             try:
-                cex, why = check_counterexample(inst, result["cex"], cex_cache)
+                cex, why = confirm_counterexample(inst, result["cex"], cex_cache)
             except Exception as exc:  # unreadable file, onnxruntime failure: the sat cannot be trusted
                 cex, why = None, f"check failed ({type(exc).__name__}: {exc})"
             if cex is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vsbench.verify.api import Property, Region
+from vsbench.spec.api import Property, Region
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vsbench.export.vnnlib import VnnlibError, read_vnnlib
-from vsbench.verify.api import Property, Region
+from vsbench.spec.vnnlib import VnnlibError, read_vnnlib
+from vsbench.spec.api import Property, Region
 
 
 def _num(v: float) -> str:
