@@ -1,8 +1,12 @@
 """Run verification instances as Ray tasks: driver-enforced timeouts, retries, resume, checked counterexamples.
 
-The driver owns all files: workers only compute a verdict. Each finished instance is appended to
-``out_dir/records.jsonl`` at once (flush + fsync), so a killed run resumes where it stopped; the
-key of a record is ONNX path + VNN-LIB path + verifier name. Ray set-up lives in ``vsbench.cluster``.
+The driver owns all files and holds the output folder's lock (``vsbench.store.run_lock``) while it
+runs: workers only compute a verdict. Each finished instance is appended to ``out_dir/records.jsonl``
+at once (flush + fsync), so a killed run resumes where it stopped. A record's key is
+content-addressed (``vsbench.store.record_key``): the SHA-256 of the ONNX and VNN-LIB files, the
+verifier's name, version and configuration hash (:func:`verifier_identity`), and the timeout, so a
+moved or copied folder resumes and a changed file, timeout or configuration is verified again.
+Ray set-up lives in ``vsbench.cluster``.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Callable
 
 import numpy as np
 
+import vsbench
 from vsbench.cluster import init_ray
 from vsbench.onnx_io import confirm_counterexample
 from vsbench.spec.api import STATUSES, Instance, Verdict
-from vsbench.store import append_record, host, read_records, record_key, versions
+from vsbench.store import (append_record, file_sha256, host, latest_verdicts, read_records, record_key, run_lock,
+                           versions)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,18 @@ def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | 
             "node": ray.get_runtime_context().get_node_id()}
 
 
-def _verifier_name(verifier) -> str:
-    return verifier if isinstance(verifier, str) else getattr(verifier, "name", verifier.__name__)
+def verifier_identity(verifier, name: str) -> dict:
+    """The verifier fields of a record key: ``verifier`` (its name), ``verifier_version`` and
+    ``verifier_config``.
+
+    A verifier object may define ``version()`` (the tool's version; default: vsbench's, whose code
+    it is) and ``config_hash()`` (a hash of every setting that can change a verdict; default
+    ``"default"``), so that changing either re-verifies on resume.
+    """
+    version = getattr(verifier, "version", None)
+    config = getattr(verifier, "config_hash", None)
+    return {"verifier": name, "verifier_version": str(version() if version else vsbench.__version__),
+            "verifier_config": str(config() if config else "default")}
 
 
 def run_verification(instances: list[Instance], verifier_name, out_dir: str | Path, workers: int | None = None,
@@ -75,82 +91,102 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     worker died ``retries`` times before recording ``error``, and downgrades a ``sat`` whose
     counterexample fails in onnxruntime to ``unknown``. ``memory_mb`` caps each task's heap.
     ``cores``: CPUs per task (``workers`` tasks at a time); the built-in verifier runs clause MILPs
-    beside BaB when it has two or more.
+    beside BaB when it has two or more. Instances with the same key are verified once.
     """
-    import ray
-
     if isinstance(verifier_name, str):
         from vsbench.verify.registry import get_verifier, resolved
 
         verifier_name = resolved(verifier_name)
-    name = _verifier_name(verifier_name)
-    if isinstance(verifier_name, str):
-        ok, reason = get_verifier(verifier_name).available()  # unknown or unusable: one error here
+        verifier = get_verifier(verifier_name)
+        ok, reason = verifier.available()  # unknown or unusable: one error here
         if not ok:
             raise ValueError(f"verifier {verifier_name!r} is not available: {reason}")
+        name = verifier_name
+    else:
+        verifier = verifier_name()
+        name = getattr(verifier, "name", verifier_name.__name__)
+    identity = verifier_identity(verifier, name)
+    fields = {id(i): {"onnx_sha256": file_sha256(i.onnx), "vnnlib_sha256": file_sha256(i.vnnlib), **identity,
+                      "timeout": min(i.timeout, timeout_cap) if timeout_cap else i.timeout} for i in instances}
+    timeouts = {k: f["timeout"] for k, f in fields.items()}
+    key = {k: record_key(f) for k, f in fields.items()}
     path = Path(out_dir) / "records.jsonl"
-    keep = {record_key(r): r for r in read_records(path) if "status" in r}
-    key = {id(i): f"{i.onnx}::{i.vnnlib}::{name}" for i in instances}
-    todo = list({key[id(i)]: i for i in instances if key[id(i)] not in keep}.values())  # once per key
-    total = len(set(key.values()))
-    done = total - len(todo)
-    if progress:
-        progress("verify", done, total)
-    if todo:
-        init_ray(workers and workers * cores, ray_address)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        if cores > cpus:
-            raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
-        capacity = max(1, min(cpus // cores, workers or 10**6))
-        task = ray.remote(num_cpus=cores, max_retries=0)(_verify_task)
-        common = {"verifier": name, "versions": versions(), "host": host()}
-        cex_cache: dict = {}
-        queue = list(todo)
-        running: dict = {}  # ref -> (instance, timeout, started, attempt)
+    with run_lock(out_dir):
+        keep = {record_key(r): r for r in latest_verdicts(read_records(path))}
+        todo = list({key[id(i)]: i for i in instances if key[id(i)] not in keep}.values())  # once per key
+        total = len(set(key.values()))
+        if progress:
+            progress("verify", total - len(todo), total)
+        if todo:
+            common = {"versions": versions(), "host": host()}
 
-        def submit(inst: Instance, attempt: int) -> None:
-            t = min(inst.timeout, timeout_cap) if timeout_cap else inst.timeout
-            running[task.remote(verifier_name, inst, t, memory_mb, cores)] = (inst, t, time.monotonic(), attempt)
+            def finish(inst: Instance, attempt: int, result: dict) -> None:
+                keep[key[id(inst)]] = _finish(path, inst, fields[id(inst)], attempt, result, common, cex_cache)
 
-        while queue or running:
-            while queue and len(running) < capacity:
-                submit(queue.pop(0), 1)
-            now = time.monotonic()
-            wait_s = max(0.0, min(s + t + grace_s for _, t, s, _ in running.values()) - now)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=min(wait_s, 1.0))
-            for ref in ready:
-                inst, t, started, attempt = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the verifier raised
-                    result = {"status": "error", "time_s": time.monotonic() - started,
-                              "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
-                except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
-                    if attempt <= retries:
-                        log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
-                        submit(inst, attempt + 1)
-                        continue
-                    result = {"status": "error", "time_s": time.monotonic() - started,
-                              "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
-                keep[key[id(inst)]] = _finish(path, inst, t, attempt, result, common, cex_cache)
-                done += 1
-            now = time.monotonic()
-            for ref, (inst, t, started, attempt) in list(running.items()):
-                if now > started + t + grace_s:
-                    ray.cancel(ref, force=True)
-                    del running[ref]
-                    result = {"status": "timeout", "time_s": now - started,
-                              "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"}
-                    keep[key[id(inst)]] = _finish(path, inst, t, attempt, result, common, cex_cache)
-                    done += 1
-            if progress:
-                progress("verify", done, total)
+            cex_cache: dict = {}
+            _fan_out(todo, verifier_name, timeouts, finish, workers, ray_address, memory_mb, retries, grace_s, cores,
+                     progress and (lambda n: progress("verify", total - len(todo) + n, total)))
     return [keep[key[id(i)]] for i in instances]
 
 
-def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: dict, common: dict,
+def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, workers: int | None,
+             ray_address: str | None, memory_mb: int | None, retries: int, grace_s: float, cores: int,
+             progress: Callable[[int], None] | None) -> None:
+    """Run ``todo`` as Ray tasks, at most ``workers`` at a time; ``finish(instance, attempt, result)``
+    for each as it ends (verdict, error, or stopped ``grace_s`` after its timeout)."""
+    import ray
+
+    init_ray(workers and workers * cores, ray_address)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if cores > cpus:
+        raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
+    capacity = max(1, min(cpus // cores, workers or 10**6))
+    task = ray.remote(num_cpus=cores, max_retries=0)(_verify_task)
+    queue = list(todo)
+    running: dict = {}  # ref -> (instance, started, attempt)
+    done = 0
+
+    def submit(inst: Instance, attempt: int) -> None:
+        running[task.remote(verifier, inst, timeouts[id(inst)], memory_mb, cores)] = (inst, time.monotonic(), attempt)
+
+    while queue or running:
+        while queue and len(running) < capacity:
+            submit(queue.pop(0), 1)
+        now = time.monotonic()
+        wait_s = max(0.0, min(s + timeouts[id(i)] + grace_s for i, s, _ in running.values()) - now)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=min(wait_s, 1.0))
+        for ref in ready:
+            inst, started, attempt = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # the verifier raised
+                result = {"status": "error", "time_s": time.monotonic() - started,
+                          "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
+            except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
+                if attempt <= retries:
+                    log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
+                    submit(inst, attempt + 1)
+                    continue
+                result = {"status": "error", "time_s": time.monotonic() - started,
+                          "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
+            finish(inst, attempt, result)
+            done += 1
+        now = time.monotonic()
+        for ref, (inst, started, attempt) in list(running.items()):
+            t = timeouts[id(inst)]
+            if now > started + t + grace_s:  # the last resort: the verifier ignored its deadline
+                ray.cancel(ref, force=True)
+                del running[ref]
+                finish(inst, attempt, {"status": "timeout", "time_s": now - started,
+                                       "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"})
+                done += 1
+        if progress:
+            progress(done)
+
+
+def _finish(path: Path, inst: Instance, fields: dict, attempt: int, result: dict, common: dict,
             cex_cache: dict) -> dict:
-    """Check a ``sat``, build the record and append it to ``records.jsonl``."""
+    """Check a ``sat``, build the record (``fields``: those of its key) and append it to ``records.jsonl``."""
     status, note, cex = result["status"], "", None
     if status not in STATUSES:
         status, note = "error", f"error: the verifier returned the unknown status {status!r}"
@@ -165,8 +201,8 @@ def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: di
             if cex is None:
                 status, note = "unknown", f"{why}: downgraded to unknown"
     record = {
-        **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "verifier": common["verifier"],
-        "status": status, "time_s": round(float(result["time_s"]), 4), "timeout": timeout,
+        **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), **fields,
+        "status": status, "time_s": round(float(result["time_s"]), 4),
         "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
         "node": result.get("node"),
         "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
