@@ -68,7 +68,7 @@ with run_lock(sys.argv[1]):
 """
 
 
-def test_one_writer_per_folder(tmp_path, caplog):
+def test_one_writer_per_folder(tmp_path, caplog, mnistfc_dir):
     folder = tmp_path / "run"
     with run_lock(folder), run_lock(folder):  # re-entrant within a process
         holder = json.loads((folder / ".vsbench.lock").read_text())
@@ -80,12 +80,16 @@ def test_one_writer_per_folder(tmp_path, caplog):
         with pytest.raises(StoreError, match=f"in use by pid {proc.pid} on "):
             with run_lock(folder):
                 pass
-        cli = subprocess.run([sys.executable, "-m", "vsbench.cli", "verify", str(ROOT / "tests"), "--out", str(folder)],
-                             capture_output=True, text=True, cwd=ROOT)
+        clis = [subprocess.run([sys.executable, "-m", "vsbench.cli", *args, "--out", str(folder)], capture_output=True,
+                               text=True, cwd=ROOT) for args in (["run", "--suite", "smoke", "--profile", "quick"],
+                                                                 ["verify", str(mnistfc_dir), "--filter", "prop_0_0.03"])]
     finally:
         proc.kill()
         proc.wait()
-    assert cli.returncode == 2 and cli.stderr.startswith("error: ") and "not a folder" not in cli.stderr
+    for cli in clis:  # one line, exit 2, nothing done
+        assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+        assert cli.stderr.startswith(f"error: {folder}: in use by pid {proc.pid} on "), cli.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [".vsbench.lock"]
     with run_lock(folder):  # the holder was killed: its lock file is taken over, with a warning
         assert json.loads((folder / ".vsbench.lock").read_text())["pid"] == os.getpid()
     assert f"taking over the lock left by pid {proc.pid}" in caplog.text

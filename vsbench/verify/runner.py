@@ -28,41 +28,61 @@ from vsbench.store import (append_record, file_sha256, host, latest_verdicts, re
 
 log = logging.getLogger(__name__)
 
-GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills the task
+GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills its worker
 LOG_CHARS = 4000
+START_FAILURES = 3  # workers that may fail to start in one run (replaced) before the run stops
 
 
-def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None, cores: int = 1) -> dict:
-    """Runs in a Ray worker: build the verifier and decide one instance with ``cores`` torch threads."""
-    import resource
+class _Worker:
+    """One task slot as a Ray actor: a warm process that decides instances one after the other.
 
-    from vsbench.verify.registry import get_verifier
+    It builds the verifier once when it starts (imports torch and the verifier's modules), so no
+    instance's clock pays a cold start; the driver kills it only when an instance overruns its
+    timeout by the grace period, and starts a fresh one in its place.
+    """
 
-    v = get_verifier(verifier) if isinstance(verifier, str) else verifier()
-    if "torch" in sys.modules:  # the task's CPUs only: no intra-op threads fighting the other tasks
-        sys.modules["torch"].set_num_threads(cores)
-    ok, reason = v.available()
-    if not ok:
-        return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    start = time.monotonic()
-    try:
-        if memory_mb:  # soft limit only, restored below: Ray reuses worker processes
-            limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-        verdict: Verdict = v.verify(instance, timeout)
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "memory" not in str(exc):
-            raise
-        return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
-    finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-    import ray
+    def __init__(self, verifier, cores: int):
+        self.verifier, self.cores = verifier, cores
+        self._make()
 
-    cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
-    return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
-            "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
-            "node": ray.get_runtime_context().get_node_id()}
+    def _make(self):
+        from vsbench.verify.registry import get_verifier
+
+        v = get_verifier(self.verifier) if isinstance(self.verifier, str) else self.verifier()
+        if "torch" in sys.modules:  # the task's CPUs only: no intra-op threads fighting the other tasks
+            sys.modules["torch"].set_num_threads(self.cores)
+        return v
+
+    def ready(self) -> bool:
+        return True
+
+    def verify(self, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
+        """Decide one instance with a fresh verifier object (no state carried between instances)."""
+        import resource
+
+        import ray
+
+        v = self._make()
+        ok, reason = v.available()
+        if not ok:
+            return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        start = time.monotonic()
+        try:
+            if memory_mb:  # soft limit only, restored below: the worker decides further instances
+                limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
+                resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+            verdict: Verdict = v.verify(instance, timeout)
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "memory" not in str(exc):
+                raise
+            return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
+        finally:
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+        cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
+        return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
+                "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 def verifier_identity(verifier, name: str) -> dict:
@@ -132,56 +152,85 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
 def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, workers: int | None,
              ray_address: str | None, memory_mb: int | None, retries: int, grace_s: float, cores: int,
              progress: Callable[[int], None] | None) -> None:
-    """Run ``todo`` as Ray tasks, at most ``workers`` at a time; ``finish(instance, attempt, result)``
-    for each as it ends (verdict, error, or stopped ``grace_s`` after its timeout)."""
+    """Decide ``todo`` on warm :class:`_Worker` actors, at most ``workers`` at a time;
+    ``finish(instance, attempt, result)`` for each as it ends (verdict, error, or stopped ``grace_s``
+    after its timeout). An instance's clock starts when a started worker takes it."""
     import ray
 
     init_ray(workers and workers * cores, ray_address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     if cores > cpus:
         raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
-    capacity = max(1, min(cpus // cores, workers or 10**6))
-    task = ray.remote(num_cpus=cores, max_retries=0)(_verify_task)
-    queue = list(todo)
-    running: dict = {}  # ref -> (instance, started, attempt)
-    done = 0
+    worker_class = ray.remote(num_cpus=cores, max_restarts=0)(_Worker)
+    queue = [(inst, 1) for inst in todo]
+    starting: dict = {}  # ready() ref -> worker not yet started
+    idle: list = []
+    running: dict = {}  # verify() ref -> (worker, instance, started, attempt)
+    done = failed_starts = 0
 
-    def submit(inst: Instance, attempt: int) -> None:
-        running[task.remote(verifier, inst, timeouts[id(inst)], memory_mb, cores)] = (inst, time.monotonic(), attempt)
+    def start_worker() -> None:
+        w = worker_class.remote(verifier, cores)
+        starting[w.ready.remote()] = w
 
-    while queue or running:
-        while queue and len(running) < capacity:
-            submit(queue.pop(0), 1)
-        now = time.monotonic()
-        wait_s = max(0.0, min(s + timeouts[id(i)] + grace_s for i, s, _ in running.values()) - now)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=min(wait_s, 1.0))
-        for ref in ready:
-            inst, started, attempt = running.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:  # the verifier raised
-                result = {"status": "error", "time_s": time.monotonic() - started,
-                          "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
-            except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
-                if attempt <= retries:
-                    log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
-                    submit(inst, attempt + 1)
+    def replace(worker) -> None:
+        ray.kill(worker)
+        start_worker()
+
+    for _ in range(min(max(1, min(cpus // cores, workers or 10**6)), len(todo))):
+        start_worker()
+    try:
+        while queue or running:
+            while queue and idle:
+                inst, attempt = queue.pop(0)
+                w = idle.pop()
+                running[w.verify.remote(inst, timeouts[id(inst)], memory_mb)] = (w, inst, time.monotonic(), attempt)
+            ends = [s + timeouts[id(i)] + grace_s for _, i, s, _ in running.values()]
+            wait_s = max(0.0, min(ends) - time.monotonic()) if ends else 1.0
+            ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=min(wait_s, 1.0))
+            for ref in ready:
+                if ref in starting:
+                    w = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle.append(w)
+                    except ray.exceptions.RayError as exc:  # e.g. killed by Ray's memory monitor while starting
+                        failed_starts += 1
+                        if failed_starts > START_FAILURES:
+                            raise RuntimeError(f"verification workers could not start: {exc}") from None
+                        replace(w)
                     continue
-                result = {"status": "error", "time_s": time.monotonic() - started,
-                          "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
-            finish(inst, attempt, result)
-            done += 1
-        now = time.monotonic()
-        for ref, (inst, started, attempt) in list(running.items()):
-            t = timeouts[id(inst)]
-            if now > started + t + grace_s:  # the last resort: the verifier ignored its deadline
-                ray.cancel(ref, force=True)
-                del running[ref]
-                finish(inst, attempt, {"status": "timeout", "time_s": now - started,
-                                       "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"})
+                w, inst, started, attempt = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                    idle.append(w)
+                except ray.exceptions.RayTaskError as exc:  # the verifier raised
+                    idle.append(w)
+                    result = {"status": "error", "time_s": time.monotonic() - started,
+                              "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
+                except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
+                    replace(w)
+                    if attempt <= retries:
+                        log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
+                        queue.insert(0, (inst, attempt + 1))
+                        continue
+                    result = {"status": "error", "time_s": time.monotonic() - started,
+                              "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
+                finish(inst, attempt, result)
                 done += 1
-        if progress:
-            progress(done)
+            now = time.monotonic()
+            for ref, (w, inst, started, attempt) in list(running.items()):
+                t = timeouts[id(inst)]
+                if now > started + t + grace_s:  # the last resort: the verifier ignored its deadline
+                    del running[ref]
+                    replace(w)
+                    finish(inst, attempt, {"status": "timeout", "time_s": now - started,
+                                           "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"})
+                    done += 1
+            if progress:
+                progress(done)
+    finally:  # free the CPUs the workers hold
+        for w in idle + list(starting.values()) + [w for w, *_ in running.values()]:
+            ray.kill(w)
 
 
 def _finish(path: Path, inst: Instance, fields: dict, attempt: int, result: dict, common: dict,
