@@ -210,17 +210,25 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.
 @user_errors
 def compare(
     base_run: Path = typer.Argument(..., help="Baseline run folder."),
-    cand_run: Path = typer.Argument(..., help="Candidate run folder."),
-    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened by 2x the seed spread)."),
+    cand_run: Path = typer.Argument(..., help="Candidate run folder (same test images and eps)."),
+    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened to 2x the baseline's seed spread)."),
+    as_json: bool = typer.Option(False, "--json", help="Every column, machine-readable."),
 ):
-    """Compare two runs; exit 1 when the candidate's verified accuracy is worse beyond the tolerance."""
+    """Paired regression gate: exit 1 when a row's verified accuracy drops beyond the tolerance and
+    significantly (exact McNemar over the same images, Holm-corrected, p < 0.05)."""
     from vsbench.report.compare import compare as compare_runs
 
     df = compare_runs(base_run, cand_run, tol / 100)
-    print_table(df, f"{cand_run} vs {base_run}")
+    if as_json:
+        print(df.to_json(orient="records", indent=1))
+    else:
+        shown = ["arch", "method", "sparsity", "verifier", "baseline", "N pairs", "verified base %",
+                 "verified cand %", "Δ verified", "Δ lo", "Δ hi", "p Holm", "why"]
+        print_table(df[shown].round({c: 1 for c in shown[6:11]} | {"p Holm": 4}), f"{cand_run} vs {base_run}")
     worse = df[df["worse"]]
     if len(worse):
-        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points)")
+        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points, "
+                          "significant after Holm correction)")
         raise typer.Exit(1)
 
 
