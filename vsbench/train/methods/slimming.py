@@ -19,8 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from vsbench.nets import fold_batchnorm
-from vsbench.train.sparsity import (BATCHNORMS, batchnorm_after, compact, compact_weights, prunable,
-                                    set_unit_mask)
+from vsbench.train.sparsity import (
+    BATCHNORMS,
+    batchnorm_after,
+    compact,
+    compact_weights,
+    prunable,
+    set_unit_mask,
+)
 
 from . import register
 from .base import Sparsifier
