@@ -8,7 +8,7 @@ import pytest
 
 from vsbench.report.stats import clopper_pearson
 from vsbench.report.tables import COLUMNS, summary, write_tables
-from vsbench.store import read_records, write_records
+from vsbench.store import finished_keys, read_records, write_records
 
 
 def make_run(folder: Path, verified: dict[tuple[str, int], int], n: int = 10) -> Path:
@@ -22,10 +22,36 @@ def make_run(folder: Path, verified: dict[tuple[str, int], int], n: int = 10) ->
         for i in range(n):
             status = "unsat" if i < n_unsat else "sat"
             records.append({"onnx": f"onnx/{name}.onnx", "vnnlib": f"vnnlib/p{i}.vnnlib", "verifier": "builtin",
+                            "onnx_sha256": f"sha-{name}", "vnnlib_sha256": f"sha-p{i}", "verifier_version": "0.1.0",
+                            "verifier_config": "default", "timeout": 20,
                             "status": status, "time_s": 1.0 + i, "model": name})
     write_records(folder / "models.jsonl", models)
     write_records(folder / "records.jsonl", records)
     return folder
+
+
+def test_second_verifier_gets_its_own_rows_and_duplicates_count_once(tmp_path):
+    run = make_run(tmp_path, {("dense", 0): 7})
+    first = summary(run)
+    records = read_records(run / "records.jsonl")
+    other = [{**r, "verifier": "marabou", "status": "error", "time_s": 0.5} for r in records]
+    write_records(run / "records.jsonl", records + other + records)  # a re-run appended everything again
+    both = summary(run).set_index("verifier")
+    assert both.loc[["builtin"]].reset_index()[COLUMNS].equals(first)  # the first verifier's row is unchanged
+    assert both.loc["marabou", "error"] == 10 and both.loc["marabou", "verified acc"] == 0.0
+    assert tuple(both.loc["builtin", ["sat", "unsat", "timeout"]]) == (3, 7, 0)
+    assert (both["verified acc"] <= both["clean acc"]).all() and (both["verified acc"] <= both["PGD acc"]).all()
+
+
+def test_latest_verdict_of_a_slot_counts(tmp_path):
+    run = make_run(tmp_path, {("dense", 0): 2})
+    records = read_records(run / "records.jsonl")
+    rerun = [{**r, "status": "unsat" if n < 8 else "timeout", "timeout": 60} for n, r in enumerate(records)]
+    write_records(run / "records.jsonl", records + rerun)  # same files, a longer timeout: verified again
+    assert len(finished_keys(read_records(run / "records.jsonl"))) == 10
+    row = summary(run).iloc[0]
+    assert row["verified acc"] == 80.0 and (row["sat"], row["unsat"], row["timeout"]) == (0, 8, 2)
+    assert row["verified upper"] == 100.0  # nothing refuted: the timeouts may still be robust
 
 
 def test_summary_counts_intervals_and_columns(tmp_path):
@@ -46,16 +72,6 @@ def test_every_column_but_the_row_key_is_numeric(tmp_path):
     df = summary(make_run(tmp_path, {("dense", 0): 7, ("verisparse", 0): 4}))
     for col in df.columns:
         assert pd.api.types.is_numeric_dtype(df[col]) == (col not in ("arch", "method", "verifier")), col
-
-
-def test_a_verdict_counts_once_per_record_key(tmp_path):
-    run = make_run(tmp_path, {("dense", 0): 7})
-    records = read_records(run / "records.jsonl")
-    rerun = {**records[0], "status": "timeout"}  # the same key verified again (a re-run): the last verdict counts
-    write_records(run / "records.jsonl", [*records, rerun])
-    row = summary(run).iloc[0]
-    assert (row["unsat"], row["timeout"], row["sat"]) == (6, 1, 3)
-    assert row["verified upper"] == 70.0 and row["verified acc"] == 60.0
 
 
 def test_latex_markdown_csv_are_formatted(tmp_path):

@@ -2,7 +2,9 @@
 
 Every stage is resumable: a trained model is a folder with a manifest, the benchmark folder is
 rebuilt from the models, verification records are appended as instances finish and skipped on
-a re-run, and the report is a pure function of the records.
+a re-run (keyed by file contents, so a moved run folder resumes too), and the report is a pure
+function of the records. A :class:`RunContext` holds its run folder's lock (one writer at a time)
+until it is closed: use it as a context manager.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ class RunContext:
     models_dir: Path
     data_dir: Path | None
     started: float = field(default_factory=time.monotonic)
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)  # the run folder's lock
+
+    def __enter__(self) -> "RunContext":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.held.close()
 
     @property
     def profile(self) -> Profile:
@@ -79,9 +88,16 @@ class RunContext:
         models_dir = run_dir / "models" if out else Path("models") / run_id
         announce(f"suite {suite.name}, profile {chosen} ({how}); run folder {run_dir}")
         from vsbench.data import resolve_data_dir
+        from vsbench.store import run_lock
 
-        ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir))  # absolute: workers use it
-        ctx.write_manifest()
+        held = contextlib.ExitStack()
+        held.enter_context(run_lock(run_dir))  # before anything is written: StoreError if another process has it
+        try:
+            ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir), held=held)  # absolute: workers use it
+            ctx.write_manifest()
+        except BaseException:
+            held.close()
+            raise
         return ctx
 
     def write_manifest(self) -> None:

@@ -4,9 +4,10 @@ One schema for every suite, one number per column. Over the N test images drawn 
 (the same images for every model): verified accuracy = images proven robust (``unsat``) / N, with
 its 95 % Clopper-Pearson interval; PGD accuracy likewise; ``verified upper`` = images not refuted
 (neither misclassified nor ``sat``) / N, the most verified accuracy could reach if every timeout
-were proven. Clean accuracy is defined once: over the whole test set, at export. Each record key
-(one model, property and verifier) counts once, with its last verdict. With several seeds a row
-pools the seeds' images for the interval and gives the seeds' standard deviation beside the mean.
+were proven. Clean accuracy is defined once: over the whole test set, at export. Records are read
+one verdict per (model, property, verifier) (``vsbench.store.latest_verdicts``), so a re-run, moved
+or copied run folder never counts anything twice; each verifier gets its own rows. With several
+seeds a row pools the seeds' images for the interval and gives the seeds' standard deviation.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from vsbench.report.stats import clopper_pearson
-from vsbench.store import read_records, record_key
+from vsbench.store import latest_verdicts, read_records
 
 GROUP = ["arch", "method", "sparsity", "verifier"]
 STATUSES = ["sat", "unsat", "timeout", "unknown", "error"]
+NOT_VERIFIED = "none"  # the verifier column of a model without records yet
 COLUMNS = [
     *GROUP, "seeds", "N", "clean acc", "clean sd", "PGD acc", "PGD lo", "PGD hi",
     "verified acc", "verified lo", "verified hi", "verified sd", "verified upper", *STATUSES,
@@ -30,34 +32,39 @@ PERCENT = ["clean acc", "clean sd", "PGD acc", "PGD lo", "PGD hi", "verified acc
 
 
 def load_frames(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(verification records, one verdict per record key: the last; model records); either may be empty."""
+    """(verification records, one per (model, property, verifier); model records) of a run folder;
+    either may be empty."""
     run_dir = Path(run_dir)
-    latest = {record_key(r): r for r in read_records(run_dir / "records.jsonl")}
-    return pd.DataFrame(list(latest.values())), pd.DataFrame(read_records(run_dir / "models.jsonl"))
+    records = pd.DataFrame(latest_verdicts(read_records(run_dir / "records.jsonl")))
+    return records, pd.DataFrame(read_records(run_dir / "models.jsonl"))
 
 
 def per_model(records: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
-    """One row per trained model and verifier: accuracies (fractions), verdict counts, cost."""
-    verifiers = sorted(records["verifier"].unique()) if len(records) else ["none"]
+    """One row per trained model and verifier (``verifier`` "none" for a model without records):
+    accuracies (fractions), verdict counts, cost."""
     rows = []
     for m in models.to_dict("records"):
-        for verifier in verifiers:
-            mine = records[(records["model"] == m["model"]) & (records["verifier"] == verifier)] if len(records) \
-                else pd.DataFrame(columns=["status", "time_s"])
-            counts = mine["status"].value_counts()
-            n = m["n_properties"]
-            rows.append({
-                **{k: m[k] for k in ("model", "arch", "method", "sparsity", "seed")}, "verifier": verifier,
-                "N": n, "clean_acc": m["clean_acc"], "pgd_acc": m["pgd_acc"],
-                "pgd_robust": round(m["pgd_acc"] * n),
-                **{s: int(counts.get(s, 0)) for s in STATUSES},
-                "verified_acc": counts.get("unsat", 0) / n if n else float("nan"),
-                "verified_upper": (len(mine) - counts.get("sat", 0)) / n if n else float("nan"),
-                "nonzero_params": m["nonzero_params"], "flops": m["flops"], "train_s": m["train_s"],
-                "verify_s_total": float(mine["time_s"].sum()),
-                "verify_s_median": float(mine["time_s"].median()) if len(mine) else float("nan"),
-            })
+        mine = records[records["model"] == m["model"]] if len(records) else pd.DataFrame()
+        for verifier, grp in (mine.groupby("verifier", sort=True) if len(mine) else [(NOT_VERIFIED, mine)]):
+            rows.append(_model_row(m, verifier, grp))
     return pd.DataFrame(rows)
+
+
+def _model_row(m: dict, verifier: str, records: pd.DataFrame) -> dict:
+    """The per-model row of ``m`` (a models.jsonl record) for one verifier's ``records``."""
+    counts = records["status"].value_counts() if len(records) else pd.Series(dtype=int)
+    times = records["time_s"] if len(records) else pd.Series(dtype=float)
+    n = m["n_properties"]
+    return {
+        **{k: m[k] for k in ("model", "arch", "method", "sparsity", "seed")}, "verifier": verifier,
+        "N": n, "clean_acc": m["clean_acc"], "pgd_acc": m["pgd_acc"], "pgd_robust": round(m["pgd_acc"] * n),
+        **{s: int(counts.get(s, 0)) for s in STATUSES},
+        "verified_acc": counts.get("unsat", 0) / n if n else float("nan"),
+        "verified_upper": (len(records) - counts.get("sat", 0)) / n if n else float("nan"),
+        "nonzero_params": m["nonzero_params"], "flops": m["flops"], "train_s": m["train_s"],
+        "verify_s_total": float(times.sum()),
+        "verify_s_median": float(times.median()) if len(times) else float("nan"),
+    }
 
 
 def summary(run_dir: Path) -> pd.DataFrame:
@@ -94,17 +101,22 @@ def benchmark_summary(records: pd.DataFrame) -> pd.DataFrame:
     if records.empty:
         return pd.DataFrame(columns=["onnx", "verifier", *STATUSES, "solved", "median s", "mean s"])
     rows = []
+    records = pd.DataFrame(latest_verdicts(records.to_dict("records"))).assign(onnx=lambda r: r["onnx"].map(_name))
     for (onnx, verifier), grp in records.groupby(["onnx", "verifier"], sort=True):
         counts = grp["status"].value_counts()
         solved = grp[grp["status"].isin(["sat", "unsat"])]
         rows.append({
-            "onnx": Path(onnx).name, "verifier": verifier,
+            "onnx": onnx, "verifier": verifier,
             **{s: int(counts.get(s, 0)) for s in STATUSES},
             "solved": len(solved),
             "median s": round(float(solved["time_s"].median()), 2) if len(solved) else float("nan"),
             "mean s": round(float(solved["time_s"].mean()), 2) if len(solved) else float("nan"),
         })
     return pd.DataFrame(rows)
+
+
+def _name(path: str) -> str:
+    return Path(path).name
 
 
 def write_tables(df: pd.DataFrame, out_dir: Path, stem: str = "summary") -> list[Path]:
