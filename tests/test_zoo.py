@@ -20,7 +20,9 @@ from vsbench.onnx_io import confirm_counterexample, run_onnx
 from vsbench.spec.api import Instance
 from vsbench.spec.vnnlib import robustness_property, write_vnnlib
 from vsbench.train.checkpoint import load_checkpoint, save_checkpoint
+from vsbench.suites import load_suite
 from vsbench.train.loop import TrainConfig, train
+from vsbench.train.methods import list_methods
 from vsbench.train.methods.linearity_graft import initial_line
 from vsbench.train.methods.lowrank import choose_components
 from vsbench.train.sparsity import prunable
@@ -30,6 +32,12 @@ ZOO = {"snip": {"prune", "train"}, "lottery": {"pretrain", "prune", "retrain"},
        "stability-prune": {"pretrain", "prune", "finetune"}, "slimming": {"train", "prune", "finetune"},
        "lowrank": {"pretrain", "rank", "finetune"}, "linearity-graft": {"pretrain", "graft", "finetune"}}
 TARGET = 0.9
+
+
+def test_zoo_suite_runs_every_method_at_three_levels():
+    suite = load_suite("mnist-eps0.3-zoo")
+    assert {m.name for m in suite.methods} == {m for m in list_methods() if not m.startswith("test-")}
+    assert all(m.sparsity == [0.5, 0.9, 0.99] for m in suite.methods if m.name != "dense")
 
 
 @cache
