@@ -165,11 +165,11 @@ def _verify_instances(method: str, tmp_path, n: int = 3):
 @pytest.mark.parametrize("method", sorted(set(ZOO) - {"linearity-graft"}))
 def test_builtin_verifier_verdicts_hold_up(method, tmp_path):
     seen = _verify_instances(method, tmp_path)
-    assert "unsat" in seen  # eps 0.002 is provable on every one of these nets
+    assert {"sat", "unsat"} <= set(seen)  # eps 0.002 is provable on these barely trained nets, 0.2 is not
 
 
 @pytest.mark.xfail(strict=True, reason="the built-in verifier's ONNX import reads chains only; the DAG import "
                    "(Relu, Mul, Add of two branches) is under way (issue 15)")
 def test_builtin_verifier_reads_the_grafted_export(tmp_path):
     seen = _verify_instances("linearity-graft", tmp_path)
-    assert "unsat" in seen
+    assert {"sat", "unsat"} <= set(seen)
