@@ -320,8 +320,8 @@ def batchnorm_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
 def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
     """Graph of a sequential torch model. Ops reference the live (differentiable) weights.
 
-    Supports Linear, Conv2d, ReLU, grafted ReLU (``graft()``), Flatten, BatchNorm1d/2d (running statistics in eval mode,
-    :class:`BatchNormTrain` in training mode) and any module
+    Supports Linear, Conv2d, ReLU, grafted ReLU (a module with ``graft()``), Flatten,
+    BatchNorm1d/2d (running statistics in eval mode, :class:`BatchNormTrain` in training mode) and any module
     with an ``affine_scale(shape) -> (a, b)`` method (e.g. :class:`vsbench.nets.Normalize`).
     """
     shape = tuple(in_shape)
