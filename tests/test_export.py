@@ -237,7 +237,7 @@ def test_header_row_allowed(tmp_path):
     (tmp_path / "p.vnnlib").write_text("x")
     (tmp_path / "instances.csv").write_text("onnx,vnnlib,timeout\nm.onnx,p.vnnlib,7.5\n")
     (inst,) = read_instances(tmp_path)
-    assert inst.onnx == tmp_path / "m.onnx" and inst.timeout == 7.5 and inst.meta == {"model": "m"}
+    assert inst.onnx == tmp_path / "m.onnx" and inst.timeout == 7.5 and inst.meta == {"model": "m", "category": tmp_path.name}
 
 
 def test_not_a_benchmark(tmp_path):
