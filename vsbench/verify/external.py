@@ -26,7 +26,7 @@ from vsbench.spec.api import Deadline, Instance, Verdict
 
 LOG_CHARS = 4000
 # as VNN-COMP: a tool is killed (with its process group) at its timeout + 60 s; VSBENCH_KILL_GRACE_S changes it
-KILL_GRACE_S = float(os.environ.get("VSBENCH_KILL_GRACE_S", 60.0))
+KILL_GRACE_S = float(os.environ.get("VSBENCH_KILL_GRACE_S", "60"))
 PREPARE_TIMEOUT_S = 60.0  # as VNN-COMP: prepare_instance.sh's own cap, not charged to the instance
 # result words of the 2021 (holds / violated) and 2022+ (sat / unsat) scripts
 _RESULT_STATUS = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat", "timeout": "timeout",
