@@ -42,7 +42,9 @@ class Affine:
     ``fn``'s weights are all non-negative (pools, reshapes, sums). ``back_fn``: the adjoint, ``A``
     ``(N, *out)`` -> one ``(N, *in_i)`` per input; None: computed as a vector-Jacobian product.
     ``chain``: the equivalent op of a chain :class:`Graph` on flattened tensors, where there is one
-    (``"flat"`` for ops that keep the flat order: Reshape, Flatten, Squeeze, Identity).
+    (``"flat"`` for ops that keep the flat order: Reshape, Flatten, Squeeze, Identity). ``mixing``:
+    some output depends on several inputs (False for elementwise, reshaping and selecting ops: IBP
+    through them loses nothing).
     """
 
     fn: Callable
@@ -50,6 +52,7 @@ class Affine:
     abs_fn: Callable | None = None
     back_fn: Callable | None = None
     chain: object = None
+    mixing: bool = True
 
     def forward(self, *xs):
         y = self.fn(*xs)
@@ -64,9 +67,10 @@ class Affine:
         flat = A.reshape(-1, *A.shape[2:])
         if self.back_fn is not None:
             outs = self.back_fn(flat)
-        else:
-            zeros = [flat.new_zeros(flat.shape[0], *s) for s in in_shapes]
-            outs = torch.func.vjp(self.fn, *zeros)[1](flat)
+        else:  # the vector-Jacobian product of the linear fn (differentiable in A for alpha-CROWN)
+            zeros = [flat.new_zeros(flat.shape[0], *s).requires_grad_() for s in in_shapes]
+            with torch.enable_grad():
+                outs = torch.autograd.grad(self.fn(*zeros), zeros, flat, create_graph=flat.requires_grad)
         return [o.reshape(*lead, *s) for o, s in zip(outs, in_shapes)]
 
     def bias_term(self, A: torch.Tensor) -> torch.Tensor:
@@ -155,6 +159,21 @@ class Dag:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Flat outputs ``(B, n_out)`` of flat (or shaped) inputs, as :meth:`Graph.forward`."""
         return self.values(x)[self.output].reshape(x.shape[0], -1)
+
+    @staticmethod
+    def from_chain(graph: Graph) -> Dag:
+        """The Dag of a chain :class:`Graph` (flat nodes; the ops' own forward and backward steps)."""
+        nodes = [Node(Input(), (), (graph.n_in,))]
+        for op in graph.ops:
+            n = nodes[-1].shape[0]
+            if isinstance(op, ReLU):
+                nodes.append(Node(Relu(), (len(nodes) - 1,), (n,)))
+                continue
+            bias = op.forward(op.weight.new_zeros(1, n) if hasattr(op, "weight") else op.a.new_zeros(1, n))[0]
+            affine = Affine(lambda x, op=op, bias=bias: op.forward(x) - bias, bias, op.abs_forward,
+                            lambda a, op=op: (op.back(a),), op)
+            nodes.append(Node(affine, (len(nodes) - 1,), (op.n_out,)))
+        return Dag(nodes)
 
     def to_chain(self) -> Graph | None:
         """The equivalent chain :class:`Graph` (shares tensors), or None if this is not a chain

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .alpha import optimize
 from .crown import relax
-from .dag import Affine, Dag, Input, MaxPool, Relu
+from .dag import Affine, Dag, MaxPool, Relu
 
 Bounds = list  # per node: (l, u) of shape (B, *node.shape), or None where not computed
 ROW_BUDGET = 1 << 24  # elements of one coefficient tensor (rows x node size) per backward chunk
@@ -160,7 +160,8 @@ def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only
 def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, deadline=None) -> Bounds:
     """Bounds of every node: IBP, with the inputs of ReLUs (unstable neurons) and of MaxPools (every
     neuron, unless it is a ReLU's output) tightened by CROWN in topological order (see the module
-    docstring). Past ``deadline`` the remaining nodes keep their IBP bounds (still sound)."""
+    docstring), except where IBP is already exact (at most one mixing affine op since the input).
+    Past ``deadline`` the remaining nodes keep their IBP bounds (still sound)."""
     B = lower.shape[0]
     bounds: Bounds = [(lower.reshape(B, *dag.in_shape), upper.reshape(B, *dag.in_shape))]
     feeds = {}
@@ -168,12 +169,16 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
         if isinstance(n.op, (Relu, MaxPool)):
             feeds[n.inputs[0]] = feeds.get(n.inputs[0], False) or isinstance(n.op, Relu)
     relaxed: dict = {}
+    mixes = [0]  # mixing affine ops since the input (2: after a nonlinear op); IBP is exact below 2
     for i in range(1, len(dag.nodes)):
         n = dag.nodes[i]
         bounds.append(_ibp_node(dag, i, bounds))
         if isinstance(n.op, (Relu, MaxPool)):
             relaxed[i] = _relax_node(dag, i, bounds)
-        if i in feeds and not isinstance(n.op, (Input, Relu)) and not (deadline is not None and deadline.expired()):
+            mixes.append(2)
+        else:
+            mixes.append(min(2, max(mixes[j] for j in n.inputs) + (n.op.mixing or len(n.inputs) > 1)))
+        if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu) and not (deadline is not None and deadline.expired()):
             bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, only_unstable=feeds[i])
     return bounds
 

@@ -253,10 +253,21 @@ class Graph:
                 continue
             W, b = op.dense()
             current = (W, b) if current is None else (W @ current[0], W @ current[1] + b)
-        if current is None:
-            raise UnsupportedModel("the network must end with an affine layer")
+        if current is None:  # a ReLU after the output layer: an identity layer after it
+            n = layers[-1][0].shape[0]
+            current = (torch.eye(n, dtype=layers[-1][0].dtype), layers[-1][0].new_zeros(n))
         layers.append(current)
         return layers
+
+    def dense_size(self) -> int:
+        """Entries of :meth:`dense_layers`'s matrices, without building them."""
+        total, n_in, n_out = 0, self.n_in, self.n_in
+        for op in self.ops:
+            if isinstance(op, ReLU):
+                total, n_in = total + n_in * n_out, n_out
+            else:
+                n_out = op.n_out
+        return total + n_in * n_out
 
     @staticmethod
     def from_dense(layers: list[tuple[torch.Tensor, torch.Tensor]], in_shape=None) -> "Graph":

@@ -217,7 +217,7 @@ def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift) -> int:
     """``y = scale * x + shift`` with numpy broadcasting to ``out``."""
     a = _t(np.broadcast_to(scale, out))
     op = Affine(lambda x: _bcast(x, sx, out) * a, None if shift is None else _t(np.broadcast_to(shift, out)),
-                abs_fn=lambda r: _bcast(r, sx, out) * a.abs())
+                abs_fn=lambda r: _bcast(r, sx, out) * a.abs(), mixing=False)
     if sx == out:
         op.back_fn = lambda A: (A * a,)
         b = op.bias if op.bias is not None else torch.zeros(out, dtype=DTYPE)
@@ -345,7 +345,7 @@ def _pad(c: _Ctx) -> int:
     axes = [a % len(sx) for a in (axes if axes is not None else range(len(sx)))]
     begin, end = dict(zip(axes, pads[: len(axes)])), dict(zip(axes, pads[len(axes):]))
     tpads = [p for d in reversed(range(len(sx))) for p in (begin.get(d, 0), end.get(d, 0))]
-    op = Affine(lambda x: F.pad(x, tpads))
+    op = Affine(lambda x: F.pad(x, tpads), mixing=False)
     if value:
         op.bias = F.pad(torch.zeros(1, *sx, dtype=DTYPE), tpads, value=value)[0] - F.pad(
             torch.zeros(1, *sx, dtype=DTYPE), tpads)[0]
@@ -355,7 +355,7 @@ def _pad(c: _Ctx) -> int:
 def _reshape_to(c: _Ctx, x: int, out: tuple) -> int:
     if math.prod(out) != math.prod(c.b.shape(x)):
         raise c.error(f"cannot reshape {list(c.b.shape(x))} to {list(out)}")
-    return c.add(Affine(lambda v: v.reshape(v.shape[0], *out), back_fn=None, chain="flat"), [x])
+    return c.add(Affine(lambda v: v.reshape(v.shape[0], *out), chain="flat", mixing=False), [x])
 
 
 def _flatten(c: _Ctx) -> int:
@@ -402,7 +402,7 @@ def _transpose(c: _Ctx) -> int:
         raise c.error(f"perm {perm} is not a permutation of {len(sx)} axes")
     inv = list(np.argsort(perm))
     op = Affine(lambda v: v.permute(0, *[p + 1 for p in perm]),
-                back_fn=lambda a: (a.permute(0, *[p + 1 for p in inv]),))
+                back_fn=lambda a: (a.permute(0, *[p + 1 for p in inv]),), mixing=False)
     return c.add(op, [x])
 
 
@@ -421,7 +421,7 @@ def _concat(c: _Ctx) -> int:
     def bias_part(p):
         return torch.zeros(c.b.shape(p), dtype=DTYPE) if isinstance(p, int) else p
 
-    op = Affine(fn)
+    op = Affine(fn, mixing=False)
     if len(acts) < len(parts):
         op.bias = torch.cat([bias_part(p) for p in parts], axis)
     return c.add(op, acts)
@@ -436,7 +436,7 @@ def _select(c: _Ctx, x: int, axis: int, idx: np.ndarray) -> int:
         raise c.error(f"indices out of range for axis {axis} of shape {list(sx)}")
     flat = torch.as_tensor(idx.ravel() % sx[axis])
     out = (*sx[:axis], *idx.shape, *sx[axis + 1:])
-    return c.add(Affine(lambda v: v.index_select(axis + 1, flat).reshape(v.shape[0], *out)), [x])
+    return c.add(Affine(lambda v: v.index_select(axis + 1, flat).reshape(v.shape[0], *out), mixing=False), [x])
 
 
 def _gather(c: _Ctx) -> int:

@@ -17,8 +17,11 @@ import torch
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
 from ..bounds.crown import crown_bounds, crown_spec
+from ..bounds import dag_bounds
+from ..bounds.dag import Dag
+from ..bounds.graph import Graph, UnsupportedModel
+from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
-from ..bounds.graph import Graph, UnsupportedModel, from_onnx
 from vsbench.spec.api import Deadline, Instance, Property, Region, Verdict
 from .attack import pgd_attack
 from .milp import TAU, milp_clause
@@ -31,6 +34,7 @@ FALSIFY = 16  # worst domains whose box corners are tried as counterexamples eac
 MAX_DOMAINS = 200_000
 REFINE_SPLITS = 4  # earlier neurons split (2^4 patterns) per neuron when tightening intermediate bounds
 SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
+DENSE_LIMIT = 20_000_000  # chain nets with at most this many dense-matrix entries take the dense path (BaB, MILP)
 
 
 # --------------------------------------------------------------------------- simplification
@@ -391,6 +395,56 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         worker.close()
 
 
+def _verify_dag_region(dag: Dag, region: Region, deadline: Deadline, check, log: list):
+    """The DAG path (nets with convolutions kept as convolutions, pools, residual joins): PGD, then
+    CROWN and alpha-CROWN on the DAG, then a longer PGD; no branch and bound yet. Same results as
+    :func:`_verify_region` (``"unknown"`` when the bounds and attacks are exhausted early)."""
+    if not region.clauses:
+        return "unsat", float("inf")
+    x = pgd_attack(dag, region, restarts=64, steps=100, deadline=deadline, seed=0)
+    if x is not None and (cex := check(region, x)) is not None:
+        log.append("pgd: counterexample")
+        return "sat", cex
+    lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
+    upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
+    bounds = dag_bounds.intermediate_bounds(dag, lower, upper, deadline)
+    C = torch.as_tensor(np.concatenate([np.asarray(C, dtype=np.float64) for C, _ in region.clauses]))[None]
+    rhs = torch.as_tensor(np.concatenate([np.asarray(r, dtype=np.float64) for _, r in region.clauses]))
+    owner = torch.as_tensor(np.concatenate([[c] * len(r) for c, (_, r) in enumerate(region.clauses)]))
+
+    def clause_lb(row_lb):  # a clause is excluded when any of its rows is
+        return torch.full((len(region.clauses),), -torch.inf, dtype=row_lb.dtype).scatter_reduce(
+            0, owner, row_lb, "amax")
+
+    best = clause_lb(dag_bounds.backward(dag, lower, upper, C, bounds)[0] - rhs)
+    log.append(f"dag crown: {int((best > TAU).sum())}/{len(best)} clauses")
+    if bool((best > TAU).all()):
+        return "unsat", float(best.min())
+    sel = ~(best > TAU)[owner]
+    lb, _ = dag_bounds.alpha_spec(dag, lower, upper, C[:, sel], bounds, iters=50, deadline=deadline,
+                                  done=lambda lb: lb - rhs[sel] > TAU)
+    row_lb = torch.full_like(rhs, -torch.inf)
+    row_lb[sel] = lb[0] - rhs[sel]
+    best = torch.maximum(best, clause_lb(row_lb))
+    log.append(f"dag alpha: {int((best > TAU).sum())}/{len(best)} clauses")
+    if bool((best > TAU).all()):
+        return "unsat", float(best.min())
+    open_region = Region(region.lower, region.upper, [cl for c, cl in enumerate(region.clauses) if best[c] <= TAU])
+    x = pgd_attack(dag, open_region, restarts=256, steps=200, deadline=deadline, seed=1)
+    if x is not None and (cex := check(region, x)) is not None:
+        log.append("pgd: counterexample")
+        return "sat", cex
+    return ("timeout" if deadline.expired() else "unknown"), float(best.min())
+
+
+def dense_path(model: Graph | Dag) -> Graph | None:
+    """The chain graph of ``model`` when the dense path (BaB with beta-CROWN, refinement, MILP) can
+    take it: a chain of affine layers and ReLUs whose dense matrices have at most ``DENSE_LIMIT``
+    entries; else None (the DAG path)."""
+    chain = model.to_chain() if isinstance(model, Dag) else model
+    return chain if chain is not None and chain.dense_size() <= DENSE_LIMIT else None
+
+
 class _MilpWorker:
     """The exact MILP of one clause at a time, in a thread beside BaB (HiGHS releases the GIL, so it
     runs on a second core). It takes the first untried clause of :meth:`update`'s ranking; a clause
@@ -537,9 +591,10 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
 # --------------------------------------------------------------------------- public API
 
 
-def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
+def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
     """Decide ``prop`` on ``graph`` before ``deadline``; ``sat`` points are re-checked in
-    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``.
+    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``. Chain nets small
+    enough (:func:`dense_path`) take the dense path, all others the DAG path.
 
     With ``torch.get_num_threads() >= 2``, one of those cores runs clause MILPs beside BaB (torch
     keeps the others); with one thread (one task per core, as the Ray runner does) there is no MILP
@@ -548,15 +603,22 @@ def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=
     t0 = time.monotonic()
     log: list[str] = []
     threads = torch.get_num_threads()
-    milp_thread = threads >= 2
+    chain = dense_path(graph)
+    milp_thread = threads >= 2 and chain is not None
     if milp_thread:
         torch.set_num_threads(threads - 1)
     try:
-        g = graph.to(torch.float64)
+        if chain is None:
+            g = graph if isinstance(graph, Dag) else Dag.from_chain(graph.to(torch.float64))
+        else:
+            g = chain.to(torch.float64)
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
-            st, val = _verify_region(g, region, deadline, check, log, milp_thread)
+            if chain is None:
+                st, val = _verify_dag_region(g, region, deadline, check, log)
+            else:
+                st, val = _verify_region(g, region, deadline, check, log, milp_thread)
             if st == "sat":
                 return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
             margins.append(val)
@@ -584,7 +646,7 @@ class BuiltinVerifier:
         try:
             from ..spec.vnnlib import read_vnnlib
 
-            graph = from_onnx(instance.onnx)
+            graph = load_onnx(instance.onnx)
             prop = read_vnnlib(instance.vnnlib)
         except UnsupportedModel as exc:
             return Verdict("error", time.monotonic() - t0, log=f"{instance.onnx}: {exc}")
