@@ -96,12 +96,15 @@ def relaxations(dag: Dag, bounds: Bounds, upto: int | None = None) -> dict:
 
 
 def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: int | None = None,
-             slopes: dict | None = None, relaxed: dict | None = None) -> torch.Tensor:
+             slopes: dict | None = None, relaxed: dict | None = None, extra: dict | None = None,
+             keep: dict | None = None) -> torch.Tensor:
     """CROWN lower bound ``(B, S)`` of ``C @ node_target(x)`` over the box, ``C (B, S, n_target)``.
 
     ``bounds`` must hold the inputs of every ReLU and MaxPool before ``target``; ``slopes[i]``
     (broadcastable to ``(B, S, *shape)``, in [0, 1]) replaces the lower slope of ReLU node ``i``'s
-    unstable neurons (alpha-CROWN); ``relaxed``: :func:`relaxations`, when reused over many passes.
+    unstable neurons (alpha-CROWN); ``extra[i]`` is added to the coefficients of ReLU node ``i``'s
+    input (beta-CROWN split terms); ``relaxed``: :func:`relaxations`, when reused over many passes.
+    ``keep``: a dict that receives the coefficients of every ReLU node's output and of the input (0).
     """
     target = dag.output if target is None else target
     B, S = C.shape[:2]
@@ -124,12 +127,18 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
             pos, neg = A.clamp(min=0), A.clamp(max=0)
             bias = bias + (neg * icpt).flatten(2).sum(-1)
             ins = [pos * low + neg * up]
+            if keep is not None:
+                keep[i] = A
+            if extra is not None and extra.get(i) is not None:
+                ins[0] = ins[0] + extra[i]
         else:
             x, b = _maxpool_back(n.op, A, relaxed[i], dag.nodes[n.inputs[0]].shape)
             bias, ins = bias + b, [x]
         for j, a in zip(n.inputs, ins):
             coef[j] = coef[j] + a if j in coef else a
     A = coef.get(0)
+    if keep is not None:
+        keep[0] = A if A is not None else C.new_zeros(B, S, *dag.in_shape)
     if A is None:  # the target does not depend on the input
         return bias
     lo, hi = lower.reshape(B, 1, *dag.in_shape), upper.reshape(B, 1, *dag.in_shape)
@@ -207,3 +216,51 @@ def alpha_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, iters: i
     with torch.enable_grad():
         return optimize(lambda ps: backward(dag, lower, upper, C, bounds, slopes=dict(zip(relus, ps)), relaxed=relaxed),
                         slopes, iters, lr, _clamp01, deadline, done)
+
+
+class ReluView:
+    """A Dag as the chain engines (:mod:`~vsbench.bounds.crown`, alpha, beta, the verifier's BaB) see
+    a :class:`~vsbench.bounds.graph.Graph`: ReLU ``k`` is the ``k``-th ReLU node, its bounds, slopes,
+    split terms and coefficients are flat ``(B, ..., n_k)``, inputs flat ``(B, n_in)``. MaxPools keep
+    the relaxation of ``root`` (bounds over the whole box: sound for every sub-domain)."""
+
+    def __init__(self, dag: Dag, root: Bounds):
+        self.dag, self.n_in = dag, dag.n_in
+        self.relus = [i for i, n in enumerate(dag.nodes) if isinstance(n.op, Relu)]
+        self.pools = {i: _relax_node(dag, i, root) for i, n in enumerate(dag.nodes) if isinstance(n.op, MaxPool)}
+
+    def relu_count(self) -> int:
+        return len(self.relus)
+
+    def relu_bounds(self, bounds: Bounds) -> list:
+        """The flat ``(l, u)`` of every ReLU's input, from per-node ``bounds``."""
+        return [tuple(t.reshape(t.shape[0], -1) for t in bounds[self.dag.nodes[i].inputs[0]]) for i in self.relus]
+
+    def forward(self, x):
+        return self.dag.forward(x)
+
+    def to(self, dtype):
+        self.dag.to(dtype)
+        return self
+
+    def relu_backward(self, lower, upper, C, intermediate, slopes=None, extra=None, keep=False, relaxed=None):
+        """:func:`vsbench.bounds.crown.backward`'s contract, on the Dag."""
+        from .crown import relax_all
+
+        if relaxed is None:
+            relaxed = relax_all(intermediate)
+        shape = [self.dag.nodes[i].shape for i in self.relus]
+
+        def shaped(t, s):
+            return t.reshape(*t.shape[:-1], *s) if t is not None else None
+
+        rel = dict(self.pools)
+        for i, s, (up, icpt, low, unstable) in zip(self.relus, shape, relaxed):
+            rel[i] = (shaped(up, s), shaped(icpt, s), shaped(low, s), shaped(unstable.unsqueeze(1), s))
+        by_node = lambda ts: None if ts is None else {i: shaped(t, s) for i, s, t in zip(self.relus, shape, ts)}  # noqa: E731
+        kept = {} if keep else None
+        lb = backward(self.dag, lower, upper, C, None, relaxed=rel, slopes=by_node(slopes), extra=by_node(extra),
+                      keep=kept)
+        if not keep:
+            return lb, [None] * len(self.relus)
+        return lb, [kept[i].flatten(2) for i in self.relus] + [kept[0].flatten(2)]

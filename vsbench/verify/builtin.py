@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from ..bounds.beta import beta_bound, beta_spec, split_bounds
 from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds import dag_bounds
 from ..bounds.dag import Dag
+from ..bounds.dag_bounds import ReluView
 from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
@@ -108,19 +109,22 @@ class _Checker:
 @dataclass
 class _Region:
     region: Region
-    layers: list
+    layers: list | None  # dense layers; None on the DAG path (no MILP, no refinement)
     keep: torch.Tensor
     lo: torch.Tensor  # (1, n_kept)
     hi: torch.Tensor
     bounds: list  # pre-ReLU (l, u), each (1, n_k)
-    graph: Graph = field(init=False)
+    graph: Graph | ReluView | None = None  # None: the graph of ``layers``
 
     def __post_init__(self):
-        self.graph = Graph.from_dense(self.layers)
+        if self.graph is None:
+            self.graph = Graph.from_dense(self.layers)
 
     def milp(self, C, rhs, time_limit: float, check, stop=None):
         """The exact MILP of one clause over the region: ``(status, lb, cex)``, ``cex`` the confirmed
-        counterexample of a ``sat`` (None when ``check`` rejects its point)."""
+        counterexample of a ``sat`` (None when ``check`` rejects its point); ``unknown`` on the DAG path."""
+        if self.layers is None:
+            return "unknown", -float("inf"), None
         st, x, lb = milp_clause(self.layers, self.lo[0], self.hi[0], self.bounds, C, rhs, time_limit, stop)
         return st, lb, (check(self.region, self.full_x(x)) if st == "sat" else None)
 
@@ -137,6 +141,8 @@ class _Found(Exception):
 
 def _leaf(p: _Region, bounds, C, rhs, deadline, check) -> bool:
     """Decide a domain with every ReLU fixed by LP: True if infeasible; raises _Found on a cex."""
+    if p.layers is None:  # the DAG path has no LP
+        return False
     status, x, _ = milp_clause(p.layers, p.lo[0], p.hi[0], bounds, C, rhs, max(deadline.left(), 0.01))
     if status == "unsat":
         return True
@@ -318,9 +324,11 @@ class _BaB:
         return ("unknown" if self.undecided else "unsat"), self.proven
 
 
-def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
+def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
     """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region;
-    ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`)."""
+    ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`). A chain
+    :class:`Graph` is simplified to dense layers (MILP, refinement); a :class:`Dag` is bounded as a
+    DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
     x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
@@ -329,10 +337,16 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         return "sat", cex
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
-    layers, keep, bounds = simplify(graph.dense_layers(), lower, upper)
-    p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1])
-    widths = [W.shape[0] for W, _ in layers[:-1]]
-    log.append(f"simplified hidden widths {widths}, inputs {len(keep)}")
+    if isinstance(graph, Dag):
+        node_bounds = dag_bounds.intermediate_bounds(graph, lower, upper, deadline)
+        view = ReluView(graph, node_bounds)
+        p = _Region(region, None, torch.arange(graph.n_in), lower, upper, view.relu_bounds(node_bounds), view)
+        log.append(f"dag: unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
+    else:
+        layers, keep, bounds = simplify(graph.dense_layers(), lower, upper)
+        p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1])
+        widths = [W.shape[0] for W, _ in layers[:-1]]
+        log.append(f"simplified hidden widths {widths}, inputs {len(keep)}")
 
     rows = [(c, np.asarray(C, dtype=np.float64), np.asarray(r, dtype=np.float64)) for c, (C, r) in enumerate(region.clauses)]
     n_cl = len(rows)
@@ -347,9 +361,10 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
     log.append(f"crown: {int((best > TAU).sum())}/{n_cl} clauses")
     open_ = [c for c in range(n_cl) if best[c] <= TAU]
     row_slopes = None
-    if open_:
+    if open_ and p.layers is not None:
         ab = alpha_bounds(p.graph, p.lo, p.hi, iters=20, deadline=deadline)
         p.bounds = [(torch.maximum(l, al), torch.minimum(u, au)) for (l, u), (al, au) in zip(p.bounds, ab)]
+    if open_:
         sel = torch.as_tensor(np.isin(owner, open_))
         lb, row_slopes = alpha_spec(p.graph, p.lo, p.hi, Call[:, sel], p.bounds, iters=50, deadline=deadline)
         row_lb = np.full(len(owner), -np.inf)
@@ -386,6 +401,8 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
             out.append((cs, fresh))
         return out
 
+    if p.layers is None:
+        refine = None
     if not milp_thread:
         return _decide(p, rows, babs, best, deadline, check, log, None, refine)
     worker = _MilpWorker(p, rows, deadline, check)
@@ -393,48 +410,6 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         return _decide(p, rows, babs, best, deadline, check, log, worker, refine)
     finally:
         worker.close()
-
-
-def _verify_dag_region(dag: Dag, region: Region, deadline: Deadline, check, log: list):
-    """The DAG path (nets with convolutions kept as convolutions, pools, residual joins): PGD, then
-    CROWN and alpha-CROWN on the DAG, then a longer PGD; no branch and bound yet. Same results as
-    :func:`_verify_region` (``"unknown"`` when the bounds and attacks are exhausted early)."""
-    if not region.clauses:
-        return "unsat", float("inf")
-    x = pgd_attack(dag, region, restarts=64, steps=100, deadline=deadline, seed=0)
-    if x is not None and (cex := check(region, x)) is not None:
-        log.append("pgd: counterexample")
-        return "sat", cex
-    lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
-    upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
-    bounds = dag_bounds.intermediate_bounds(dag, lower, upper, deadline)
-    C = torch.as_tensor(np.concatenate([np.asarray(C, dtype=np.float64) for C, _ in region.clauses]))[None]
-    rhs = torch.as_tensor(np.concatenate([np.asarray(r, dtype=np.float64) for _, r in region.clauses]))
-    owner = torch.as_tensor(np.concatenate([[c] * len(r) for c, (_, r) in enumerate(region.clauses)]))
-
-    def clause_lb(row_lb):  # a clause is excluded when any of its rows is
-        return torch.full((len(region.clauses),), -torch.inf, dtype=row_lb.dtype).scatter_reduce(
-            0, owner, row_lb, "amax")
-
-    best = clause_lb(dag_bounds.backward(dag, lower, upper, C, bounds)[0] - rhs)
-    log.append(f"dag crown: {int((best > TAU).sum())}/{len(best)} clauses")
-    if bool((best > TAU).all()):
-        return "unsat", float(best.min())
-    sel = ~(best > TAU)[owner]
-    lb, _ = dag_bounds.alpha_spec(dag, lower, upper, C[:, sel], bounds, iters=50, deadline=deadline,
-                                  done=lambda lb: lb - rhs[sel] > TAU)
-    row_lb = torch.full_like(rhs, -torch.inf)
-    row_lb[sel] = lb[0] - rhs[sel]
-    best = torch.maximum(best, clause_lb(row_lb))
-    log.append(f"dag alpha: {int((best > TAU).sum())}/{len(best)} clauses")
-    if bool((best > TAU).all()):
-        return "unsat", float(best.min())
-    open_region = Region(region.lower, region.upper, [cl for c, cl in enumerate(region.clauses) if best[c] <= TAU])
-    x = pgd_attack(dag, open_region, restarts=256, steps=200, deadline=deadline, seed=1)
-    if x is not None and (cex := check(region, x)) is not None:
-        log.append("pgd: counterexample")
-        return "sat", cex
-    return ("timeout" if deadline.expired() else "unknown"), float(best.min())
 
 
 def dense_path(model: Graph | Dag) -> Graph | None:
@@ -615,10 +590,7 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
-            if chain is None:
-                st, val = _verify_dag_region(g, region, deadline, check, log)
-            else:
-                st, val = _verify_region(g, region, deadline, check, log, milp_thread)
+            st, val = _verify_region(g, region, deadline, check, log, milp_thread)
             if st == "sat":
                 return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
             margins.append(val)
