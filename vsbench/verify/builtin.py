@@ -1,8 +1,9 @@
 """The built-in complete verifier: PGD -> CROWN -> alpha-CROWN -> BaB with beta-CROWN -> MILP.
 
 Soundness rules: ``unsat`` only when every clause of every region has a sound float64 lower bound
-``> TAU`` (bound propagation, BaB leaves decided by LP, or the MILP); ``sat`` only with a point
-that violates the property in float64 and, when the ONNX file is known, in onnxruntime.
+``> TAU`` (bound propagation, BaB leaves decided by LP, or the MILP) above the bound on the float32
+error of the ONNX model in onnxruntime (:func:`float32_region`); ``sat`` only with a point that
+:func:`vsbench.onnx_io.confirm_point` confirms (without an ONNX file: violated in float64 on the graph).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimiser: seconds on the first instance's clock
 
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
@@ -20,9 +22,11 @@ from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds import dag_bounds
 from ..bounds.dag import Dag
 from ..bounds.dag_bounds import ReluView
+from ..bounds.float_error import row_error
 from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
+from vsbench.onnx_io import confirm_point, input_dtype, round_inside
 from vsbench.spec.api import Deadline, Instance, Property, Region, Verdict
 from .attack import pgd_attack
 from .milp import TAU, milp_clause
@@ -73,34 +77,34 @@ def simplify(layers, lower: torch.Tensor, upper: torch.Tensor):
 
 
 class _Checker:
-    """Confirms candidate points: inside the region as float32, violated in float64 and in ORT."""
+    """Confirms candidate points: rounded into the region as the model's input dtype, then judged by
+    :func:`vsbench.onnx_io.confirm_point` on the ONNX file (in float64 on the graph when there is none)."""
 
     def __init__(self, graph: Graph, prop: Property, onnx_path=None):
-        self.graph, self.prop, self.sess = graph, prop, None
-        if onnx_path is not None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-            self.sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            inp = self.sess.get_inputs()[0]
-            self.name = inp.name
-            self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        self.graph, self.prop, self.onnx_path = graph, prop, onnx_path
+        self.dtype = np.float32 if onnx_path is None else input_dtype(onnx_path)
 
     def __call__(self, region: Region, x: np.ndarray) -> np.ndarray | None:
-        x32 = np.clip(np.asarray(x, dtype=np.float64).ravel(), region.lower, region.upper).astype(np.float32)
-        low, high = x32 < region.lower, x32 > region.upper
-        x32[low] = np.nextafter(x32[low], np.float32(np.inf))
-        x32[high] = np.nextafter(x32[high], np.float32(-np.inf))
-        xf = x32.astype(np.float64)
+        xf = round_inside(x, region.lower, region.upper, self.dtype)
+        if self.onnx_path is not None:
+            return confirm_point(self.onnx_path, self.prop, xf)[0]
         y = self.graph.forward(torch.as_tensor(xf)[None]).numpy()
-        if not self.prop.violated_by(xf, y):
-            return None
-        if self.sess is not None:
-            y32 = self.sess.run(None, {self.name: x32.reshape(self.shape)})[0]
-            if not self.prop.violated_by(xf, y32):
-                return None
-        return xf
+        return xf if self.prop.violated_by(xf, y) else None
+
+
+def float32_region(graph: Graph, region: Region, onnx_path) -> tuple[Region, float]:
+    """``region`` with each clause row's ``rhs`` raised by the bound on the float32 error of that row
+    of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error`, over CROWN bounds), so
+    that a margin proven above ``TAU`` holds for the float32 model; and the largest raise."""
+    if not region.clauses:
+        return region, 0.0
+    lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
+    relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
+    err = row_error(onnx_path, region.lower, region.upper, np.concatenate([C for C, _ in region.clauses]),
+                    relu_bounds)
+    ends = np.cumsum([len(rhs) for _, rhs in region.clauses])[:-1]
+    clauses = [(C, rhs + e) for (C, rhs), e in zip(region.clauses, np.split(err, ends))]
+    return Region(region.lower, region.upper, clauses), float(err.max(initial=0.0))
 
 
 # --------------------------------------------------------------------------- one region
@@ -567,9 +571,11 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
 
 
 def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
-    """Decide ``prop`` on ``graph`` before ``deadline``; ``sat`` points are re-checked in
-    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``. Chain nets small
-    enough (:func:`dense_path`) take the dense path, all others the DAG path.
+    """Decide ``prop`` on ``graph`` before ``deadline``. With ``onnx_path`` (the file ``graph`` was read
+    from), ``unsat`` holds for that model in onnxruntime's float32 and ``sat`` points are confirmed
+    there; without, both are about ``graph`` in float64. Exceptions (NaN or inf weights included)
+    become status ``error``. Chain nets small enough (:func:`dense_path`) take the dense path, all
+    others the DAG path.
 
     With ``torch.get_num_threads() >= 2``, one of those cores runs clause MILPs beside BaB (torch
     keeps the others); with one thread (one task per core, as the Ray runner does) there is no MILP
@@ -590,6 +596,9 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
+            if onnx_path is not None:
+                region, err = float32_region(g, region, onnx_path)
+                log.append(f"float32 error bound {err:.1e}")
             st, val = _verify_region(g, region, deadline, check, log, milp_thread)
             if st == "sat":
                 return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
