@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vsbench.bounds.dag_bounds import alpha_spec, crown_spec, ibp, intermediate_bounds
+from vsbench.bounds.dag_bounds import alpha_spec, crown_spec, float32_error, ibp, intermediate_bounds
 from vsbench.bounds.graph import UnsupportedModel
 from vsbench.bounds.onnx_ops import load_onnx
 from vsbench.onnx_io import run_onnx
@@ -166,3 +166,20 @@ def test_dag_bounds_contain_sampled_outputs(case, tmp_path):
         assert (lb <= exact + 1e-9).all()
     assert (alpha >= crown - 1e-12).all()
     assert (crown >= ibp_lb - 1e-9).any()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_float32_error_bounds_onnxruntime(case, tmp_path):
+    """The float32 error bound holds for onnxruntime's outputs at sampled float32 points of the box."""
+    path = tmp_path / "m.onnx"
+    onnx.save(CASES[case], path)
+    dag = load_onnx(path)
+    lo = torch.full((1, dag.n_in), -1.0, dtype=torch.float64)
+    hi = -lo
+    rows = torch.randn(5, dag.n_out, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    err = float32_error(dag, intermediate_bounds(dag, lo, hi), rows).numpy()
+    assert (err > 0).all()
+    xs = RNG.uniform(-1, 1, size=(50, dag.n_in)).astype(np.float32)
+    exact = dag.forward(torch.as_tensor(xs, dtype=torch.float64)).numpy()
+    for x, y in zip(xs, exact):
+        assert (np.abs(rows.numpy() @ (run_onnx(path, x) - y)) <= err).all()
