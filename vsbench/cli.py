@@ -116,7 +116,7 @@ def run(
         export_models(ctx)
         verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb)
         df = write_report(ctx.run_dir)
-    print_table(df, f"{ctx.suite.name} ({ctx.profile_name})")
+    print_table(df.round(2), f"{ctx.suite.name} ({ctx.profile_name})")
     console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
 
 
@@ -202,7 +202,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.
 
     if not (run_dir / "records.jsonl").is_file() and not (run_dir / "models.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir}: no records.jsonl or models.jsonl (not a vsbench run folder)")
-    print_table(write_report(run_dir), str(run_dir))
+    print_table(write_report(run_dir).round(2), str(run_dir))
     console.print(f"tables: {run_dir / 'tables'}")
 
 
@@ -210,17 +210,25 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.
 @user_errors
 def compare(
     base_run: Path = typer.Argument(..., help="Baseline run folder."),
-    cand_run: Path = typer.Argument(..., help="Candidate run folder."),
-    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened by 2x the seed spread)."),
+    cand_run: Path = typer.Argument(..., help="Candidate run folder (same test images and eps)."),
+    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened to 2x the baseline's seed spread)."),
+    as_json: bool = typer.Option(False, "--json", help="Every column, machine-readable."),
 ):
-    """Compare two runs; exit 1 when the candidate's verified accuracy is worse beyond the tolerance."""
+    """Paired regression gate: exit 1 when a row's verified accuracy drops beyond the tolerance and
+    significantly (exact McNemar over the same images, Holm-corrected, p < 0.05)."""
     from vsbench.report.compare import compare as compare_runs
 
     df = compare_runs(base_run, cand_run, tol / 100)
-    print_table(df, f"{cand_run} vs {base_run}")
+    if as_json:
+        print(df.to_json(orient="records", indent=1))
+    else:
+        shown = ["arch", "method", "sparsity", "verifier", "baseline", "N pairs", "verified base %",
+                 "verified cand %", "Δ verified", "Δ lo", "Δ hi", "p Holm", "why"]
+        print_table(df[shown].round({c: 1 for c in shown[6:11]} | {"p Holm": 4}), f"{cand_run} vs {base_run}")
     worse = df[df["worse"]]
     if len(worse):
-        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points)")
+        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points, "
+                          "significant after Holm correction)")
         raise typer.Exit(1)
 
 
