@@ -90,10 +90,11 @@ class RunContext:
         from vsbench.data import resolve_data_dir
         from vsbench.store import run_lock
 
+        data_dir = resolve_data_dir(data_dir)  # absolute: workers use it
         held = contextlib.ExitStack()
         held.enter_context(run_lock(run_dir))  # before anything is written: StoreError if another process has it
         try:
-            ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir), held=held)  # absolute: workers use it
+            ctx = cls(suite, chosen, run_dir, models_dir, data_dir, held=held)
             ctx.write_manifest()
         except BaseException:
             held.close()
