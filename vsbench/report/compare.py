@@ -30,7 +30,10 @@ def _stats(run_dir: Path) -> pd.DataFrame:
 
 
 def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
-    """One row per candidate (arch, method, sparsity): baseline, candidate, deltas and ``worse``."""
+    """One row per candidate (arch, method, sparsity): baseline, candidate, deltas and ``worse``.
+    ``tol`` (a fraction) must be a finite number >= 0."""
+    if not (0 <= tol < float("inf")):
+        raise ValueError(f"--tol {100 * tol:g}: the tolerance must be a finite number of points >= 0")
     base, cand = _stats(base_dir), _stats(cand_dir)
     rows = []
     for c in cand.to_dict("records"):
