@@ -1,6 +1,7 @@
 """End to end: `vsbench run --suite smoke` trains, exports, verifies with Ray and writes the tables."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,25 @@ def test_smoke_summary_has_all_methods(smoke_run):
     assert set(table["method"]) == METHODS
     for ext in ("md", "tex"):
         assert (out / "tables" / f"summary.{ext}").stat().st_size > 0
-    assert (out / "plots" / "verified_acc_vs_sparsity.png").is_file()
+    # in every row: verified <= PGD <= clean (PGD and verified are over the N drawn images, clean
+    # over the whole test set, so PGD is compared with the clean accuracy on those same N images)
+    assert (table["verified lo"] <= table["verified acc"]).all()
+    assert (table["verified acc"] <= table["verified hi"]).all()
+    assert (table["verified acc"] <= table["verified upper"]).all()
+    assert (table["verified acc"] <= table["PGD acc"]).all()
+    misclassified = json.loads((out / "benchmark" / "misclassified.json").read_text())
+    for m in read_records(out / "models.jsonl"):
+        assert round(m["pgd_acc"] * m["n_properties"]) <= m["n_properties"] - len(misclassified[m["model"]])
+        assert len(m["history"]) >= 6
+        assert {"heldout_clean_acc", "heldout_ibp_acc", "loss", "lr"} <= m["history"][-1].keys()
+
+
+@pytest.mark.slow
+def test_smoke_writes_every_plot(smoke_run):
+    out, _ = smoke_run
+    for stem in ("verified_acc_vs_sparsity", "pareto", "training", "cactus_builtin"):
+        for ext in ("pdf", "png"):
+            assert (out / "plots" / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
 
 
 @pytest.mark.slow
@@ -78,3 +97,18 @@ def test_rerun_resumes_and_report_rebuilds(smoke_run):
     assert (out / "tables" / "summary.csv").read_text() == table
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["profile"] == "quick"
+
+
+@pytest.mark.slow
+def test_moved_run_folder_resumes_without_verifying(smoke_run, tmp_path):
+    """`mv A B` and the same command on B: identical table, not one instance verified again."""
+    out, _ = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    before = (moved / "records.jsonl").read_text()
+    again = vsbench("run", "--suite", "smoke", "--profile", "quick", "--out", moved, "--workers", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (moved / "records.jsonl").read_text() == before
+    assert (moved / "tables" / "summary.csv").read_text() == (out / "tables" / "summary.csv").read_text()
+    table = pd.read_csv(moved / "tables" / "summary.csv")
+    assert (table["verified acc"] <= table["PGD acc"]).all() and (table["verifier"] == "builtin").all()

@@ -2,6 +2,7 @@
 ``unsat``, NaN weights are an ``error``, and ``confirm_counterexample`` judges the point fed to the model."""
 
 import numpy as np
+import torch
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -146,3 +147,42 @@ def test_external_out_of_box_counterexample_is_unknown(tmp_path, identity):
     (tool / "run_instance.sh").write_text('printf "sat\\n((X_0 0.8)\\n (X_1 1.0))\\n" > "$5"\n')
     v = VnncompToolVerifier(tool).verify(identity, 10)
     assert v.status == "sat" and v.cex.tolist() == [np.float32(0.8), 1.0]
+
+
+class _Residual(torch.nn.Module):
+    """Conv, BatchNorm, a residual join, AvgPool, MaxPool and a Gemm: ops only the DAG path reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.c2, self.fc = torch.nn.Conv2d(4, 4, 3, padding=1, stride=1), torch.nn.Linear(4 * 2 * 2, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.c1(x)))
+        h = torch.relu(self.c2(h) + h)
+        h = torch.nn.functional.max_pool2d(torch.nn.functional.avg_pool2d(h, 2), 2)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dag_float32_error_bound_holds_in_onnxruntime(tmp_path, seed):
+    from vsbench.bounds.float_error import dag_row_error
+    from vsbench.bounds.onnx_ops import load_onnx
+
+    torch.manual_seed(seed)
+    net = _Residual().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2)
+    path = tmp_path / "res.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 2, 8, 8),), str(path), dynamo=False, opset_version=17)
+    exact = net.double()  # float64 arithmetic on the same (float32-valued) weights: the oracle
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-1, 0.5, 128)
+    hi = lo + 0.5
+    bound = dag_row_error(load_onnx(path), lo, hi, np.eye(5))
+    for _ in range(100):
+        x32 = rng.uniform(lo, hi).astype(np.float32)
+        with torch.no_grad():
+            want = exact(torch.as_tensor(x32, dtype=torch.float64).reshape(1, 2, 8, 8)).numpy().ravel()
+        assert np.all(np.abs(run_onnx(path, x32) - want) <= bound)
+    assert bound.max() < 1e-3  # sound, and small enough not to cost real proofs

@@ -20,7 +20,7 @@ def test_required_suites_ship_and_validate():
 def test_all_five_methods_in_every_suite():
     for path in list_suites():
         methods = {m.name for m in load_suite(str(path)).methods}
-        assert methods == {"dense", "verisparse", "verisparse-structured", "hydra", "prune-after"}
+        assert {"dense", "verisparse", "verisparse-structured", "hydra", "prune-after"} <= methods
 
 
 @pytest.mark.parametrize("mutation, needle", [

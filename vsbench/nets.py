@@ -1,4 +1,5 @@
-"""Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten.
+"""Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten (and, after
+some sparsifiers, bias-free Linear / Conv2d factors and :class:`GraftReLU`).
 
 Input normalisation is the first layer, so models take pixel-scale inputs in [0, 1]. Each name
 with ``-bn`` appended (e.g. ``cnn-small-bn``) adds a BatchNorm after every hidden Linear / Conv2d,
@@ -49,6 +50,35 @@ class Normalize(nn.Module):
         a = (1.0 / self.std).expand(channels)
         b = (-self.mean / self.std).expand(channels)
         return a.repeat_interleave(per), b.repeat_interleave(per)
+
+
+class GraftReLU(nn.Module):
+    """ReLU with some neurons grafted to learned linear functions (linearity grafting, Chen et al.
+    2022): ``y = keep * relu(x) + (1 - keep) * (slope * x + intercept)`` per neuron.
+
+    ``keep`` (a buffer, 1 = ReLU) and the parameters have the activation's shape without the
+    batch. ONNX export gives ``Relu``, ``Mul`` and ``Add`` nodes; :meth:`graft` gives the bound
+    engines the flat ``(keep, slope, intercept)`` (slope and intercept zero where ``keep`` is 1).
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("keep", torch.ones(*shape))
+        self.slope = nn.Parameter(torch.zeros(*shape))
+        self.intercept = nn.Parameter(torch.zeros(*shape))
+
+    def graft(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lin = 1.0 - self.keep
+        return self.keep.reshape(-1), (self.slope * lin).reshape(-1), (self.intercept * lin).reshape(-1)
+
+    def forward(self, x):
+        # a layer all ReLU or all linear exports without the other branch: fewer nodes, and no
+        # all-0 / all-1 constants that the exporter would merge across layers into Identity nodes
+        if bool(self.keep.all()):
+            return torch.relu(x)
+        lin = 1.0 - self.keep
+        linear = x * (self.slope * lin) + self.intercept * lin
+        return linear if not bool(self.keep.any()) else torch.relu(x) * self.keep + linear
 
 
 BN_SUFFIX = "-bn"
@@ -113,13 +143,15 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
                 mods.append(Normalize(d["mean"], d["std"]))
             elif t == "conv":
                 mods.append(nn.Conv2d(int(d["in"]), int(d["out"]), int(d["kernel"]), int(d["stride"]),
-                                      int(d["padding"])))
+                                      int(d["padding"]), bias=bool(d.get("bias", True))))
             elif t == "linear":
-                mods.append(nn.Linear(int(d["in"]), int(d["out"])))
+                mods.append(nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d.get("bias", True))))
             elif t == "batchnorm":
                 mods.append((nn.BatchNorm1d if int(d["dims"]) == 1 else nn.BatchNorm2d)(int(d["features"])))
             elif t == "relu":
                 mods.append(nn.ReLU())
+            elif t == "graft":
+                mods.append(GraftReLU([int(n) for n in d["shape"]]))
             elif t == "flatten":
                 mods.append(nn.Flatten())
             else:
@@ -130,21 +162,25 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
 
 
 def describe_layers(model: nn.Sequential) -> list[dict]:
-    """JSON-able list of the model's layers (sizes after any compaction)."""
+    """JSON-able list of the model's layers (sizes after any compaction; ``"bias": false`` marks a
+    Linear / Conv2d without bias, e.g. the first factor of a low-rank layer)."""
     out = []
     for m in model:
+        no_bias = {"bias": False} if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is None else {}
         if isinstance(m, Normalize):
             out.append({"type": "normalize", "mean": m.mean.tolist(), "std": m.std.tolist()})
         elif isinstance(m, nn.Conv2d):
             out.append({"type": "conv", "in": m.in_channels, "out": m.out_channels, "kernel": m.kernel_size[0],
-                        "stride": m.stride[0], "padding": m.padding[0]})
+                        "stride": m.stride[0], "padding": m.padding[0], **no_bias})
         elif isinstance(m, nn.Linear):
-            out.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+            out.append({"type": "linear", "in": m.in_features, "out": m.out_features, **no_bias})
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             dims = 1 if isinstance(m, nn.BatchNorm1d) else 2
             out.append({"type": "batchnorm", "features": m.num_features, "dims": dims})
         elif isinstance(m, nn.ReLU):
             out.append({"type": "relu"})
+        elif isinstance(m, GraftReLU):
+            out.append({"type": "graft", "shape": list(m.keep.shape)})
         elif isinstance(m, nn.Flatten):
             out.append({"type": "flatten"})
         else:

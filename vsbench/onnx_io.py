@@ -16,9 +16,13 @@ _SESSIONS: dict[str, object] = {}
 
 
 def session(path: str | Path):
-    """A single-threaded onnxruntime session for ``path``, cached while the file is unchanged."""
+    """A single-threaded onnxruntime session for ``path`` (``.onnx`` or ``.onnx.gz``), cached while the
+    file is unchanged."""
     import onnxruntime as ort
 
+    from vsbench.gz import plain_path
+
+    path = plain_path(path)  # a .onnx.gz runs from its decompressed copy in the cache
     stat = Path(path).stat()
     key = f"{Path(path).resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
     if key not in _SESSIONS:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import AFFINE, Graph, ReLU
+from .graph import AFFINE, Graft, Graph, ReLU
 from .ibp import ibp_bounds
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
@@ -62,7 +62,10 @@ def backward(
     coefficient of the ReLU ``k`` output and ``lams[-1]`` that of the input (only when ``keep``; used
     for branching and for the box corner that minimises the linear bound). ``relaxed``: the
     :func:`relax` of every ``intermediate`` pair, when the caller reuses them over many passes.
+    A graph with its own ``relu_backward`` (:class:`vsbench.bounds.dag_bounds.ReluView`) runs that.
     """
+    if hasattr(graph, "relu_backward"):
+        return graph.relu_backward(lower, upper, C, intermediate, slopes, extra, keep, relaxed)
     lo, hi = _flat(lower), _flat(upper)
     A = C
     bias = C.new_zeros(C.shape[:2])
@@ -79,6 +82,9 @@ def backward(
             if keep:
                 lams[k] = A
             pos, neg = A.clamp(min=0), A.clamp(max=0)
+            if isinstance(op, Graft):  # grafted neurons: their exact line, with its intercept
+                up, icpt, low, low_icpt = op.exact(up, icpt, low)
+                bias = bias + (pos * low_icpt).sum(-1)
             bias = bias + (neg * icpt).sum(-1)
             A = pos * low + neg * up
             if extra is not None and extra[k] is not None:

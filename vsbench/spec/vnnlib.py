@@ -152,16 +152,27 @@ def _show(node, depth: int = 8) -> str:
     return "(" + " ".join(_show(n, depth - 1) for n in node[:20]) + (" ..." if len(node) > 20 else "") + ")"
 
 
+def read_text(path: str | Path) -> str:
+    """The text of a VNN-LIB file, gzip-compressed (``*.gz``) or not; ``VnnlibError`` if unreadable."""
+    import gzip
+
+    path = Path(path)
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt") as f:
+                return f.read()
+        return path.read_text()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise VnnlibError(f"{path}: cannot read VNN-LIB file ({exc.__class__.__name__}: {exc})") from None
+
+
 def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = None) -> Property:
     """Parse a VNN-LIB 1.0 file into a ``Property`` (boxes with output clauses; see ``Region``).
 
     ``n_in`` / ``n_out`` check the declared variable counts when given. Raises ``VnnlibError``.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VnnlibError(f"{path}: cannot read VNN-LIB file ({exc.__class__.__name__}: {exc})") from None
+    text = read_text(path)
     r = _Reader(path)
     asserts = []
     for node in _read_sexps(path, text):
