@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from .alpha import optimize
 from .crown import relax
 from .dag import Affine, Dag, MaxPool, Relu
-from .graph import UnsupportedModel
 
 Bounds = list  # per node: (l, u) of shape (B, *node.shape), or None where not computed
 ROW_BUDGET = 1 << 24  # elements of one coefficient tensor (rows x node size) per backward chunk
@@ -226,11 +225,11 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
     """For each row ``c`` of ``rows`` ``(R, n_out)``, a bound on ``|c @ (y^ - y)|`` over the box of
     ``bounds`` (sound bounds of every node's exact value, e.g. :func:`intermediate_bounds`): ``y^``
     as onnxruntime computes it in float32, ``y`` exact. The rounding model and constants of
-    :mod:`vsbench.bounds.float_error` (which covers chains only), on the DAG: each op's rounding
-    ``r_k`` from its float32 input's magnitude (exact bound plus a forward ``|W|`` bound of its
-    error), then ``sum_k |c J_k| r_k`` with ``c J_k`` propagated backwards as an interval (a ReLU's
-    error gain is in ``[0, 1]``, exact where the sign is sure; a MaxPool's output error is a convex
-    combination of its window's)."""
+    :mod:`vsbench.bounds.float_error`, on the DAG: each op's rounding ``r_k`` (``gamma_(terms+1+EXTRA)``
+    of its float32 input's magnitude: exact bound plus a forward ``|W|`` bound of its error), then
+    ``sum_k |c J_k| r_k`` with ``c J_k`` propagated backwards as an interval (a ReLU's error gain is
+    in ``[0, 1]``, exact where the sign is sure; a MaxPool's output error is a convex combination of
+    its window's): signed, so cancellation is kept, unlike a forward ``|W|`` walk."""
     from .float_error import EXTRA, TINY, gamma
 
     errs, rounding = [torch.zeros_like(bounds[0][0])], [None]
@@ -241,15 +240,15 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
             err = e_in[0]
         elif isinstance(n.op, MaxPool):
             err = n.op.forward(e_in[0])
-        elif n.op.terms is None:
-            raise UnsupportedModel("no float32 error bound for an op of this graph")
         else:
+            terms = n.op.terms
+            if terms is None:  # unknown: every input element
+                terms = sum(math.prod(dag.nodes[j].shape) for j in n.inputs)
             err = n.op.radius(*e_in)
-            if n.op.terms:
+            if terms:
                 mags = [torch.maximum(l.abs(), u.abs()) + e for (l, u), e in zip((bounds[j] for j in n.inputs), e_in)]
                 bias = n.op.bias.abs() if n.op.bias is not None else 0.0
-                ones = n.op.radius(*[torch.ones_like(e) for e in e_in])
-                r = gamma(n.op.terms + EXTRA) * (n.op.radius(*mags) + bias) + TINY * (ones + n.op.terms + 1)
+                r = gamma(terms + 1 + EXTRA) * (n.op.radius(*mags) + bias) + TINY * (terms + 1)
                 err = err + r
         errs.append(err)
         rounding.append(r)

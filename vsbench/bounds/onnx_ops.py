@@ -170,13 +170,13 @@ def _matmul(c: _Ctx, x: int, M: np.ndarray, left: bool, trans_x: bool, alpha: fl
 
     k = W.shape[0] if left else W.shape[-1]  # terms summed per output
     if left:
-        op = Affine(lambda x: tr(x) @ W, abs_fn=lambda r: tr(r) @ Wabs, terms=k + 1)
+        op = Affine(lambda x: tr(x) @ W, abs_fn=lambda r: tr(r) @ Wabs, terms=W.shape[-2])
         if W.dim() == 2:
             op.back_fn = lambda a: (tr(a @ W.T),)
         if W.dim() == 2 and not trans_x and len(sx) == 2 and sx[0] == 1:
             op.chain = Linear(W.T, W.new_zeros(W.shape[1]))
     else:
-        op = Affine(lambda x: W @ tr(x), abs_fn=lambda r: Wabs @ tr(r), terms=k + 1)
+        op = Affine(lambda x: W @ tr(x), abs_fn=lambda r: Wabs @ tr(r), terms=W.shape[-1])
         if W.dim() == 2:
             op.back_fn = lambda a: (tr(W.T @ a),)
     return c.add(op, [x])
@@ -194,7 +194,7 @@ def _binary(c: _Ctx) -> int:
         sign = 1.0 if c.op == "Add" else -1.0
         sa, sb = shapes
         op = Affine(lambda x, y: _bcast(x, sa, out) + sign * _bcast(y, sb, out),
-                    abs_fn=None if sign > 0 else lambda x, y: _bcast(x, sa, out) + _bcast(y, sb, out), terms=1)
+                    abs_fn=None if sign > 0 else lambda x, y: _bcast(x, sa, out) + _bcast(y, sb, out), terms=2)
         if sa == sb == out:
             op.back_fn = lambda A: (A, sign * A)
         return c.add(op, [a, b])
@@ -215,8 +215,8 @@ def _binary(c: _Ctx) -> int:
     return _elementwise(c, x, sx, out, scale, shift)
 
 
-def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift, terms: int = 1) -> int:
-    """``y = scale * x + shift`` with numpy broadcasting to ``out`` (``terms`` float32 roundings)."""
+def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift, terms: int = 2) -> int:
+    """``y = scale * x + shift`` with numpy broadcasting to ``out`` (``terms``: as :class:`Affine`)."""
     a = _t(np.broadcast_to(scale, out))
     op = Affine(lambda x: _bcast(x, sx, out) * a, None if shift is None else _t(np.broadcast_to(shift, out)),
                 abs_fn=lambda r: _bcast(r, sx, out) * a.abs(), mixing=False, terms=terms)
@@ -268,7 +268,7 @@ def _conv(c: _Ctx) -> int:
         y = F.conv2d(x4 if sym else F.pad(x4, pads), w, None, stride, pad, dil, groups)
         return y.reshape(x.shape[0], *sx[:-3], *y.shape[1:])
 
-    op = Affine(lambda x: conv(x, W), abs_fn=lambda r: conv(r, Wabs), terms=W[0].numel() + 1)
+    op = Affine(lambda x: conv(x, W), abs_fn=lambda r: conv(r, Wabs), terms=math.prod(W.shape[1:]))
     bias = c.const(2)
     if bias is not None:
         op.bias = _t(bias).reshape(-1, 1, 1)
@@ -317,8 +317,8 @@ def _avgpool(c: _Ctx) -> int:
 def _global_avgpool(c: _Ctx) -> int:
     x = c.act()
     dims = tuple(range(3, len(c.b.shape(x)) + 1))
-    n = math.prod(c.b.shape(x)[2:])
-    return c.add(Affine(lambda x: x.mean(dims, keepdim=True), terms=n + 1), [x])
+    hw = math.prod(c.b.shape(x)[2:])
+    return c.add(Affine(lambda x: x.mean(dims, keepdim=True), terms=hw + 1), [x])
 
 
 def _maxpool(c: _Ctx) -> int:
@@ -439,7 +439,8 @@ def _select(c: _Ctx, x: int, axis: int, idx: np.ndarray) -> int:
         raise c.error(f"indices out of range for axis {axis} of shape {list(sx)}")
     flat = torch.as_tensor(idx.ravel() % sx[axis])
     out = (*sx[:axis], *idx.shape, *sx[axis + 1:])
-    return c.add(Affine(lambda v: v.index_select(axis + 1, flat).reshape(v.shape[0], *out), mixing=False, terms=0), [x])
+    return c.add(Affine(lambda v: v.index_select(axis + 1, flat).reshape(v.shape[0], *out), mixing=False,
+                        terms=0), [x])
 
 
 def _gather(c: _Ctx) -> int:

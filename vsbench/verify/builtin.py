@@ -22,7 +22,7 @@ from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds import dag_bounds
 from ..bounds.dag import Dag
 from ..bounds.dag_bounds import ReluView
-from ..bounds.float_error import row_error
+from ..bounds.float_error import dag_row_error, row_error
 from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
@@ -94,24 +94,22 @@ class _Checker:
 
 def float32_region(graph: Graph | Dag, region: Region, onnx_path, node_bounds=None) -> tuple[Region, float]:
     """``region`` with each clause row's ``rhs`` raised by the bound on the float32 error of that row
-    of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error`, over CROWN bounds;
-    for a DAG, over its ``node_bounds``, or ops that one does not cover,
-    :func:`vsbench.bounds.dag_bounds.float32_error`), so that a margin proven above ``TAU`` holds
-    for the float32 model; and the largest raise."""
+    of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error` over CROWN bounds for
+    chains, :func:`~vsbench.bounds.float_error.dag_row_error` otherwise), so that a margin proven above
+    ``TAU`` holds for the float32 model; and the largest raise. ``node_bounds``: the Dag's intermediate
+    bounds, when the caller has them."""
     if not region.clauses:
         return region, 0.0
-    lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
     rows = np.concatenate([C for C, _ in region.clauses])
     if isinstance(graph, Dag):
-        err = dag_bounds.float32_error(graph, node_bounds, torch.as_tensor(rows)).numpy()
+        err = dag_row_error(graph, region.lower, region.upper, rows, node_bounds)
     else:
+        lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
+        relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
         try:
-            relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
             err = row_error(onnx_path, region.lower, region.upper, rows, relu_bounds)
-        except UnsupportedModel:  # ops only the DAG's bound covers (a chain with Transpose, pools, ...)
-            dag = load_onnx(onnx_path)
-            err = dag_bounds.float32_error(dag, dag_bounds.intermediate_bounds(dag, lo, hi), torch.as_tensor(rows))
-            err = err.numpy()
+        except UnsupportedModel:  # a chain for the bound engines, but ONNX ops the backward walk lacks
+            err = dag_row_error(load_onnx(onnx_path), region.lower, region.upper, rows)
     ends = np.cumsum([len(rhs) for _, rhs in region.clauses])[:-1]
     clauses = [(C, rhs + e) for (C, rhs), e in zip(region.clauses, np.split(err, ends))]
     return Region(region.lower, region.upper, clauses), float(err.max(initial=0.0))
