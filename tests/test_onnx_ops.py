@@ -183,3 +183,32 @@ def test_float32_error_bounds_onnxruntime(case, tmp_path):
     exact = dag.forward(torch.as_tensor(xs, dtype=torch.float64)).numpy()
     for x, y in zip(xs, exact):
         assert (np.abs(rows.numpy() @ (run_onnx(path, x) - y)) <= err).all()
+
+
+def test_grafted_relu_export_reads_as_a_dag(tmp_path):
+    """A linearity-grafted layer exports as Relu, Mul and Add of two branches; the DAG reads it, agrees
+    with onnxruntime and bounds it soundly."""
+    from torch import nn
+
+    from vsbench.export.onnx import export_onnx
+    from vsbench.nets import GraftReLU
+
+    torch.manual_seed(0)
+    graft = GraftReLU((6,))
+    graft.keep[:3] = 0.0
+    with torch.no_grad():
+        graft.slope.uniform_(0, 1)
+        graft.intercept.uniform_(-0.2, 0.2)
+    model = nn.Sequential(nn.Linear(4, 6), graft, nn.Linear(6, 3)).eval()
+    path = tmp_path / "graft.onnx"
+    export_onnx(model, (4,), path)
+    dag = load_onnx(path)
+    assert dag.to_chain() is None  # two branches joined by Add
+    x = torch.rand(20, 4, dtype=torch.float64) * 2 - 1
+    for xi, yi in zip(x, dag.forward(x)):
+        assert np.allclose(yi.numpy(), run_onnx(path, xi.numpy()), atol=1e-5)
+    lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    C = torch.eye(3, dtype=torch.float64)[None]
+    lb = crown_spec(dag, lo, hi, C)
+    ys = dag.forward(torch.rand(5000, 4, dtype=torch.float64) * 2 - 1)
+    assert (ys.min(0).values >= lb[0] - 1e-9).all()
