@@ -58,6 +58,7 @@ class Suite(Strict):
     methods: list[MethodSpec]
     seeds: list[int] = Field(default_factory=lambda: [0])
     verifier: str = "builtin"
+    verifier_options: dict[str, Any] = Field(default_factory=dict)  # VerifierConfig settings (builtin)
     property_seed: int = 0
     profiles: dict[str, Profile]
 
@@ -132,6 +133,13 @@ def _check_names(suite: Suite, path: Path) -> None:
     from vsbench.train.loop import TrainConfig
     from vsbench.train.methods import list_methods
 
+    if suite.verifier_options:
+        from vsbench.verify.registry import with_options
+
+        try:
+            with_options(suite.verifier, suite.verifier_options)
+        except ValueError as exc:
+            raise SuiteError(f"{path}: verifier_options: {exc}") from None
     if suite.dataset not in DATASETS:
         raise SuiteError(f"{path}: unknown dataset '{suite.dataset}' (known: {', '.join(DATASETS)})")
     for profile_name, profile in suite.profiles.items():

@@ -63,6 +63,7 @@ class Verdict:
     cex: np.ndarray | None = None  # flat input point for ``sat``
     margin: float | None = None  # best proven lower bound of the violation margin, where known
     log: str = ""
+    stage: str | None = None  # what decided it: attack, ibp, crown, alpha, input-split, bab, milp
 
 
 @runtime_checkable

@@ -51,12 +51,60 @@ def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | 
         return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    return _result(verdict)
+
+
+def _result(verdict: Verdict) -> dict:
+    """A worker's verdict as the plain dict the driver records."""
     import ray
 
     cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
     return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
             "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
-            "node": ray.get_runtime_context().get_node_id()}
+            "node": ray.get_runtime_context().get_node_id(), "stage": verdict.stage}
+
+
+# --------------------------------------------------------------------------- fast path (built-in verifier)
+
+
+def _fast_path_task(instances: list[Instance], config, cores: int, seconds: float) -> dict:
+    """Runs in a Ray worker: :func:`vsbench.verify.fastpath.fast_path` on the instances of one model."""
+    import torch
+
+    from vsbench.spec.api import Deadline
+    from vsbench.verify.fastpath import fast_path
+
+    torch.set_num_threads(cores)
+    return {k: _result(v) for k, v in fast_path(instances, config, Deadline(seconds)).items()}
+
+
+def _fast_path(todo: list[Instance], verifier, cores: int, timeout_cap: float | None) -> dict[str, dict]:
+    """``{instance.key: result}`` of what the built-in verifier's fast path decides: one Ray task per
+    ONNX model, over all of that model's instances, before they fan out one task each. Empty for
+    other verifiers, with ``fast_path`` off, or when a task fails (its instances then go the usual way)."""
+    import ray
+
+    from vsbench.verify.registry import get_verifier
+
+    config = getattr(get_verifier(verifier) if isinstance(verifier, str) else verifier, "config", None)
+    if config is None or not getattr(config, "fast_path", False):
+        return {}
+    by_model: dict[str, list[Instance]] = {}
+    for inst in todo:
+        by_model.setdefault(str(inst.onnx), []).append(inst)
+    task = ray.remote(num_cpus=cores, max_retries=0)(_fast_path_task)
+    refs = []
+    for insts in by_model.values():
+        seconds = min(min(i.timeout, timeout_cap or i.timeout) for i in insts)
+        refs.append((task.remote(insts, config, cores, seconds), seconds))
+    out: dict[str, dict] = {}
+    for ref, seconds in refs:
+        try:
+            out.update(ray.get(ref, timeout=seconds + GRACE_S))
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # e.g. an unsupported model
+            log.warning("fast path failed (%s); its instances are verified one by one", type(exc).__name__)
+            ray.cancel(ref, force=True)
+    return out
 
 
 def _verifier_name(verifier) -> str:
@@ -103,9 +151,17 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
             raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
         capacity = max(1, min(cpus // cores, workers or 10**6))
         task = ray.remote(num_cpus=cores, max_retries=0)(_verify_task)
-        common = {"verifier": name, "versions": versions(), "host": host()}
+        common = {"verifier": name, "versions": versions(), "host": host(), "verifier_config": _config_of(verifier_name)}
         cex_cache: dict = {}
-        queue = list(todo)
+        decided = _fast_path(todo, verifier_name, cores, timeout_cap)
+        for inst in todo:
+            if inst.key in decided:
+                t = min(inst.timeout, timeout_cap) if timeout_cap else inst.timeout
+                keep[key[id(inst)]] = _finish(path, inst, t, 1, decided[inst.key], common, cex_cache)
+                done += 1
+        if progress and decided:
+            progress("verify", done, total)
+        queue = [i for i in todo if i.key not in decided]
         running: dict = {}  # ref -> (instance, timeout, started, attempt)
 
         def submit(inst: Instance, attempt: int) -> None:
@@ -148,6 +204,15 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     return [keep[key[id(i)]] for i in instances]
 
 
+def _config_of(verifier) -> dict | None:
+    """The settings of a verifier that has a ``config`` (the built-in one), written into its records."""
+    from vsbench.verify.registry import get_verifier
+
+    obj = get_verifier(verifier) if isinstance(verifier, str) else verifier
+    config = getattr(obj, "config", None)
+    return None if config is None else config.model_dump(mode="json")
+
+
 def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: dict, common: dict,
             cex_cache: dict) -> dict:
     """Check a ``sat``, build the record and append it to ``records.jsonl``."""
@@ -168,7 +233,8 @@ def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: di
         **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "verifier": common["verifier"],
         "status": status, "time_s": round(float(result["time_s"]), 4), "timeout": timeout,
         "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
-        "node": result.get("node"),
+        "node": result.get("node"), "stage": result.get("stage") if status in ("sat", "unsat") else None,
+        "verifier_config": common["verifier_config"],
         "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
         "cex": None if cex is None else cex.tolist(),
         "versions": common["versions"], "host": common["host"],
