@@ -1,10 +1,16 @@
 """audit on real mnistfc 256x2 instances: builtin against VNN-COMP tool folders that answer wrongly."""
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from vsbench.verify.audit import audit, judge
+from vsbench.verify.audit import audit, coverage, coverage_problems, judge
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PROPS = {"prop_7_0.03.vnnlib": "sat", "prop_0_0.03.vnnlib": "unsat"}
 
@@ -62,3 +68,19 @@ def test_judge(claims, want):
 def test_audit_needs_a_verifier(bench, tmp_path):
     with pytest.raises(ValueError, match="at least one verifier"):
         audit(bench, [], 10, tmp_path)
+
+
+def test_audit_fails_when_one_side_only_errs(bench, tmp_path):
+    """builtin decides both instances, the other tool errs on both: nothing was compared, exit 1."""
+    broken = liar(tmp_path / "broken", "error\\n")
+    args = [sys.executable, "-m", "vsbench.cli", "audit", str(bench), "--verifiers", f"builtin,{broken}",
+            "--timeout", "30", "--workers", "2", "--out", str(tmp_path / "out")]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    assert f"too little compared: {broken}: error on 2 of 2 instances (more than 10%)" in result.stderr
+    assert f"too little compared: builtin and {broken}: compared on 0 of 2 instances" in result.stderr
+    assert "disagreement" not in result.stderr
+    table = pd.read_csv(tmp_path / "out" / "audit.csv")
+    assert coverage(table, ["builtin", broken]).iloc[0][["compared", "errors A", "errors B"]].tolist() == [0, 0, 2]
+    assert coverage_problems(table, ["builtin"]) == []
+    assert coverage_problems(table, ["builtin", broken], max_error_fraction=1.0, min_compared=0) == []

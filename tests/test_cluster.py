@@ -145,11 +145,11 @@ def test_both_nodes_verify(cluster, mnistfc_dir, tmp_path):
 
 
 def _task_workers(sessions: set[int]) -> list[int]:
-    """Pids of the cluster's Ray workers now running ``_verify_task`` (Ray retitles them ``ray::_verify_task``)."""
+    """Pids of the cluster's Ray workers now running an instance (Ray retitles them ``ray::_Worker.verify``)."""
     pids = []
     for pid in _session_pids(sessions):
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_verify_task"):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_Worker.verify"):
                 pids.append(pid)
         except OSError:
             continue

@@ -1,6 +1,7 @@
 """End to end: `vsbench run --suite smoke` trains, exports, verifies with Ray and writes the tables."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,18 @@ def test_rerun_resumes_and_report_rebuilds(smoke_run):
     assert (out / "tables" / "summary.csv").read_text() == table
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["profile"] == "quick"
+
+
+@pytest.mark.slow
+def test_moved_run_folder_resumes_without_verifying(smoke_run, tmp_path):
+    """`mv A B` and the same command on B: identical table, not one instance verified again."""
+    out, _ = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    before = (moved / "records.jsonl").read_text()
+    again = vsbench("run", "--suite", "smoke", "--profile", "quick", "--out", moved, "--workers", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (moved / "records.jsonl").read_text() == before
+    assert (moved / "tables" / "summary.csv").read_text() == (out / "tables" / "summary.csv").read_text()
+    table = pd.read_csv(moved / "tables" / "summary.csv")
+    assert (table["verified acc"] <= table["PGD acc"]).all() and (table["verifier"] == "builtin").all()

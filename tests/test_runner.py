@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import ray
 from vsbench.export.benchmark import read_instances
 from vsbench.onnx_io import run_onnx
 from vsbench.spec.vnnlib import read_vnnlib
-from vsbench.store import read_records
+from vsbench.store import StoreError, latest_verdicts, read_records, sha256
 from vsbench.spec.api import Verdict, Verifier
 from vsbench.verify.registry import get_verifier, list_verifiers
 from vsbench.cluster import init_ray
@@ -218,3 +219,53 @@ def test_unknown_verifier(tmp_path, mnistfc):
         run_verification(mnistfc[0][:1], "nope", tmp_path)
     with pytest.raises(ValueError, match="verifier 'vnncomp:/nonexistent' is not available: /nonexistent: missing"):
         run_verification(mnistfc[0][:1], "vnncomp:/nonexistent", tmp_path)
+
+
+class Quick(Hang):
+    """Answers at once (a verdict of its own, so resume and re-verification are visible in the records)."""
+
+    name = "quick"
+
+    def verify(self, instance, timeout):
+        return Verdict("unknown", 0.0, log=f"looked at {instance.vnnlib.name}")
+
+
+class QuickTuned(Quick):
+    def config_hash(self):
+        return "tuned"
+
+
+def test_content_keys_move_and_change(tmp_path, mnistfc):
+    """A moved benchmark and run folder resume without verifying anything; a changed timeout,
+    ONNX file or verifier configuration is verified again."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for inst in mnistfc[0][:2]:
+        shutil.copy(inst.onnx, bench)
+        shutil.copy(inst.vnnlib, bench)
+    (bench / "instances.csv").write_text("".join(f"{i.onnx.name},{i.vnnlib.name},30\n" for i in mnistfc[0][:2]))
+    first = run_verification(read_instances(bench), Quick, tmp_path / "run", timeout_cap=20)
+    assert [r["onnx_sha256"] for r in first] == [sha256(i.onnx) for i in mnistfc[0][:2]]
+    assert first[0]["timeout"] == 20 and first[0]["verifier_config"] == "default"
+    shutil.move(bench, tmp_path / "moved-bench")
+    shutil.move(tmp_path / "run", tmp_path / "moved-run")
+    records = tmp_path / "moved-run" / "records.jsonl"
+    before = records.read_text()
+    moved = read_instances(tmp_path / "moved-bench")
+    assert run_verification(moved, Quick, tmp_path / "moved-run", timeout_cap=20) == first
+    assert records.read_text() == before  # nothing verified again
+    run_verification(moved, Quick, tmp_path / "moved-run", timeout_cap=10)
+    assert len(read_records(records)) == 4  # a new timeout: both again
+    run_verification(moved, QuickTuned, tmp_path / "moved-run", timeout_cap=10)
+    assert len(read_records(records)) == 6  # a new configuration: both again
+    with open(moved[0].onnx, "ab") as f:
+        f.write(b"\0")  # other bytes (a retrained model under the same name)
+    again = run_verification(moved, QuickTuned, tmp_path / "moved-run", timeout_cap=10)
+    assert len(read_records(records)) == 7 and again[0]["onnx_sha256"] == sha256(moved[0].onnx)
+    assert len(latest_verdicts(read_records(records))) == 3  # the old ONNX bytes keep their own slot
+
+
+def test_full_disk_stops_the_run(tmp_path, mnistfc):
+    (tmp_path / "records.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(StoreError, match="records.jsonl: cannot append a record \\(No space left on device\\)"):
+        run_verification(mnistfc[0][:1], Quick, tmp_path)

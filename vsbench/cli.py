@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vsbench.store import StoreError  # run folder locked by another process, disk full
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -24,7 +26,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000)
 log = logging.getLogger("vsbench")
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, StoreError)
 
 
 def user_errors(fn):
@@ -125,12 +127,12 @@ def run(
     options = _verifier_options(verifier_config, verifier_option)
     chosen = load_suite(suite)
     with_options(verifier or chosen.verifier, {**chosen.verifier_options, **options})  # bad options: before any work
-    ctx = _run_context(suite, profile, out, data_dir)
-    train_models(ctx, workers=workers, ray_address=ray_address)
-    export_models(ctx)
-    verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb,
-                  verifier_options=options)
-    df = write_report(ctx.run_dir)
+    with _run_context(suite, profile, out, data_dir) as ctx:
+        train_models(ctx, workers=workers, ray_address=ray_address)
+        export_models(ctx)
+        verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb,
+                      verifier_options=options)
+        df = write_report(ctx.run_dir)
     print_table(df, f"{ctx.suite.name} ({ctx.profile_name})")
     console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
 
@@ -148,8 +150,8 @@ def train(
     """Train the suite's models (skips models already trained)."""
     from vsbench.pipeline import train_models
 
-    ctx = _run_context(suite, profile, out, data_dir)
-    train_models(ctx, workers=workers, ray_address=ray_address)
+    with _run_context(suite, profile, out, data_dir) as ctx:
+        train_models(ctx, workers=workers, ray_address=ray_address)
     console.print(f"models: {ctx.models_dir}")
 
 
@@ -165,8 +167,8 @@ def export(
     """Export trained models to ONNX and their properties to VNN-LIB (+ instances.csv)."""
     from vsbench.pipeline import export_models
 
-    ctx = _run_context(suite, profile, out, data_dir)
-    bench = export_models(ctx, vnncomp_dir=vnncomp)
+    with _run_context(suite, profile, out, data_dir) as ctx:
+        bench = export_models(ctx, vnncomp_dir=vnncomp)
     console.print(f"benchmark: {vnncomp or bench}")
 
 
@@ -229,17 +231,25 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.
 @user_errors
 def compare(
     base_run: Path = typer.Argument(..., help="Baseline run folder."),
-    cand_run: Path = typer.Argument(..., help="Candidate run folder."),
-    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened by 2x the seed spread)."),
+    cand_run: Path = typer.Argument(..., help="Candidate run folder (same test images and eps)."),
+    tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened to 2x the baseline's seed spread)."),
+    as_json: bool = typer.Option(False, "--json", help="Every column, machine-readable."),
 ):
-    """Compare two runs; exit 1 when the candidate's verified accuracy is worse beyond the tolerance."""
+    """Paired regression gate: exit 1 when a row's verified accuracy drops beyond the tolerance and
+    significantly (exact McNemar over the same images, Holm-corrected, p < 0.05)."""
     from vsbench.report.compare import compare as compare_runs
 
     df = compare_runs(base_run, cand_run, tol / 100)
-    print_table(df, f"{cand_run} vs {base_run}")
+    if as_json:
+        print(df.to_json(orient="records", indent=1))
+    else:
+        shown = ["arch", "method", "sparsity", "verifier", "baseline", "N pairs", "verified base %",
+                 "verified cand %", "Δ verified", "Δ lo", "Δ hi", "p Holm", "why"]
+        print_table(df[shown].round({c: 1 for c in shown[6:11]} | {"p Holm": 4}), f"{cand_run} vs {base_run}")
     worse = df[df["worse"]]
     if len(worse):
-        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points)")
+        err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points, "
+                          "significant after Holm correction)")
         raise typer.Exit(1)
 
 
@@ -252,20 +262,33 @@ def audit(
     timeout: float = typer.Option(60.0, "--timeout", help="Cap on the per-instance timeout (s)."),
     workers: Optional[int] = WORKERS,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default results/audit-DIRNAME."),
+    max_errors: Optional[float] = typer.Option(None, "--max-errors", min=0.0, max=1.0,
+                                               help="Fail when a verifier errs on more than this fraction of the"
+                                                    " instances (default 0.1)."),
+    min_compared: Optional[int] = typer.Option(None, "--min-compared", min=0,
+                                               help="Fail when a pair of verifiers compared fewer instances (answered"
+                                                    " by both without error); default: all of them."),
 ):
-    """Run several verifiers on a benchmark; exit 1 on any disagreement (a replayed sat beats an unsat)."""
+    """Run several verifiers on a benchmark; exit 1 on any disagreement (a replayed sat beats an unsat),
+    or when too little was compared (see --max-errors, --min-compared)."""
     from vsbench.pipeline import progress_bar
     from vsbench.verify.audit import audit as run_audit
+    from vsbench.verify.audit import coverage, coverage_problems
 
     names = [v.strip() for v in verifiers.split(",") if v.strip()]
     out = out or Path("results") / f"audit-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:
         table = run_audit(benchmark_dir, names, timeout, out, workers=workers, progress=progress, only=filter)
     print_table(table.drop(columns=["onnx"]) if table["onnx"].nunique() == 1 else table, f"audit of {benchmark_dir}")
+    print_table(coverage(table, names), "compared")
     bad = table[table["disagreement"] != ""]
+    problems = coverage_problems(table, names, max_errors, min_compared)
     console.print(f"audit table: {out / 'audit.csv'}")
+    for problem in problems:
+        err_console.print(f"too little compared: {problem}", markup=False, highlight=False)
     if len(bad):
         err_console.print(f"{len(bad)} disagreement(s) between verifiers")
+    if len(bad) or problems:
         raise typer.Exit(1)
 
 

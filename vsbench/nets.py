@@ -51,6 +51,35 @@ class Normalize(nn.Module):
         return a.repeat_interleave(per), b.repeat_interleave(per)
 
 
+class GraftReLU(nn.Module):
+    """ReLU with some neurons grafted to learned linear functions (linearity grafting, Chen et al.
+    2022): ``y = keep * relu(x) + (1 - keep) * (slope * x + intercept)`` per neuron.
+
+    ``keep`` (a buffer, 1 = ReLU) and the parameters have the activation's shape without the
+    batch. ONNX export gives ``Relu``, ``Mul`` and ``Add`` nodes; :meth:`graft` gives the bound
+    engines the flat ``(keep, slope, intercept)`` (slope and intercept zero where ``keep`` is 1).
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("keep", torch.ones(*shape))
+        self.slope = nn.Parameter(torch.zeros(*shape))
+        self.intercept = nn.Parameter(torch.zeros(*shape))
+
+    def graft(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lin = 1.0 - self.keep
+        return self.keep.reshape(-1), (self.slope * lin).reshape(-1), (self.intercept * lin).reshape(-1)
+
+    def forward(self, x):
+        # a layer all ReLU or all linear exports without the other branch: fewer nodes, and no
+        # all-0 / all-1 constants that the exporter would merge across layers into Identity nodes
+        if bool(self.keep.all()):
+            return torch.relu(x)
+        lin = 1.0 - self.keep
+        linear = x * (self.slope * lin) + self.intercept * lin
+        return linear if not bool(self.keep.any()) else torch.relu(x) * self.keep + linear
+
+
 BN_SUFFIX = "-bn"
 
 
@@ -113,13 +142,15 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
                 mods.append(Normalize(d["mean"], d["std"]))
             elif t == "conv":
                 mods.append(nn.Conv2d(int(d["in"]), int(d["out"]), int(d["kernel"]), int(d["stride"]),
-                                      int(d["padding"])))
+                                      int(d["padding"]), bias=bool(d.get("bias", True))))
             elif t == "linear":
-                mods.append(nn.Linear(int(d["in"]), int(d["out"])))
+                mods.append(nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d.get("bias", True))))
             elif t == "batchnorm":
                 mods.append((nn.BatchNorm1d if int(d["dims"]) == 1 else nn.BatchNorm2d)(int(d["features"])))
             elif t == "relu":
                 mods.append(nn.ReLU())
+            elif t == "graft":
+                mods.append(GraftReLU([int(n) for n in d["shape"]]))
             elif t == "flatten":
                 mods.append(nn.Flatten())
             else:
@@ -130,9 +161,13 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
 
 
 def describe_layers(model: nn.Sequential) -> list[dict]:
-    """JSON-able list of the model's layers (sizes after any compaction)."""
+    """JSON-able list of the model's layers (sizes after any compaction; ``"bias": false`` marks a
+    Linear / Conv2d without bias, e.g. the first factor of a low-rank layer)."""
     out = []
     for m in model:
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is None:
+            out.append({**describe_layers(nn.Sequential(_with_bias(m)))[0], "bias": False})
+            continue
         if isinstance(m, Normalize):
             out.append({"type": "normalize", "mean": m.mean.tolist(), "std": m.std.tolist()})
         elif isinstance(m, nn.Conv2d):
@@ -145,11 +180,20 @@ def describe_layers(model: nn.Sequential) -> list[dict]:
             out.append({"type": "batchnorm", "features": m.num_features, "dims": dims})
         elif isinstance(m, nn.ReLU):
             out.append({"type": "relu"})
+        elif isinstance(m, GraftReLU):
+            out.append({"type": "graft", "shape": list(m.keep.shape)})
         elif isinstance(m, nn.Flatten):
             out.append({"type": "flatten"})
         else:
             raise ValueError(f"cannot describe layer {type(m).__name__}")
     return out
+
+
+def _with_bias(m: nn.Linear | nn.Conv2d) -> nn.Module:
+    """A same-shaped layer with a bias (to describe a bias-free one)."""
+    if isinstance(m, nn.Linear):
+        return nn.Linear(m.in_features, m.out_features)
+    return nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
 
 
 def hidden_widths(model: nn.Sequential) -> list[int]:

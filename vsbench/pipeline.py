@@ -2,21 +2,33 @@
 
 Every stage is resumable: a trained model is a folder with a manifest, the benchmark folder is
 rebuilt from the models, verification records are appended as instances finish and skipped on
-a re-run, and the report is a pure function of the records.
+a re-run (keyed by file contents, so a moved run folder resumes too), and the report is a pure
+function of the records. A :class:`RunContext` holds its run folder's lock (one writer at a time)
+until it is closed: use it as a context manager.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from vsbench.suites import MethodSpec, Profile, Suite, default_profile, load_suite
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,13 @@ class RunContext:
     models_dir: Path
     data_dir: Path | None
     started: float = field(default_factory=time.monotonic)
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)  # the run folder's lock
+
+    def __enter__(self) -> "RunContext":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.held.close()
 
     @property
     def profile(self) -> Profile:
@@ -69,9 +88,16 @@ class RunContext:
         models_dir = run_dir / "models" if out else Path("models") / run_id
         announce(f"suite {suite.name}, profile {chosen} ({how}); run folder {run_dir}")
         from vsbench.data import resolve_data_dir
+        from vsbench.store import run_lock
 
-        ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir))  # absolute: workers use it
-        ctx.write_manifest()
+        held = contextlib.ExitStack()
+        held.enter_context(run_lock(run_dir))  # before anything is written: StoreError if another process has it
+        try:
+            ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir), held=held)  # absolute: workers use it
+            ctx.write_manifest()
+        except BaseException:
+            held.close()
+            raise
         return ctx
 
     def write_manifest(self) -> None:
@@ -99,7 +125,7 @@ class RunContext:
 def progress_bar():
     """A rich progress display; yields a callback ``(description, done, total)``."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False) as bar:
+                  TextColumn("ETA"), TimeRemainingColumn(), transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def update(description: str, done: int, total: int) -> None:
@@ -122,6 +148,21 @@ def train_config(ctx: RunContext, job: Job):
                        seed=job.seed, eps=s.eps, method_options=job.method.options, **settings)
 
 
+STARTS_FROM_DENSE = ("hydra", "prune-after")  # methods whose papers prune a pretrained dense net
+
+
+def dense_parent(ctx: RunContext, job: Job) -> str | None:
+    """The suite's dense model that ``job`` starts from instead of pretraining its own: HYDRA and
+    prune-after with a full-length pretraining (``pretrain_frac`` 1) train exactly that model first
+    (same arch, seed, schedule); the table still charges them its training time. None otherwise
+    (or for BatchNorm nets, whose saved dense model has BatchNorm folded in)."""
+    dense = next((m for m in ctx.suite.methods if m.name == "dense"), None)
+    if (dense is None or job.method.name not in STARTS_FROM_DENSE or job.arch.endswith("-bn")
+            or job.method.options.get("pretrain_frac", 1.0) != 1.0):
+        return None
+    return Job(job.arch, dense, 0.0, job.seed).name
+
+
 def train_models(ctx: RunContext, workers: int | None = None, ray_address: str | None = None) -> None:
     """Train every job whose model folder has no manifest yet (Ray tasks; the driver saves)."""
     from vsbench.data import load_dataset
@@ -131,44 +172,82 @@ def train_models(ctx: RunContext, workers: int | None = None, ray_address: str |
         load_dataset(ctx.suite.dataset, "train", ctx.data_dir, limit=1)
     done = len(ctx.jobs()) - len(todo)
     with progress_bar() as progress:
-        progress("train", done, len(ctx.jobs()))
+        progress("train (models)", done, len(ctx.jobs()))
+
+        def on_epoch(name: str, row: dict) -> None:
+            log.info("%s %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            progress(f"  {name} {row['phase']}", row["epoch"] + 1, row["epochs"])
+
         train_jobs(
-            [(j.name, train_config(ctx, j), j.meta(ctx.suite)) for j in todo],
+            [(j.name, train_config(ctx, j), j.meta(ctx.suite), dense_parent(ctx, j)) for j in todo],
             ctx.models_dir, ctx.data_dir, workers=workers, ray_address=ray_address,
-            on_done=lambda n: progress("train", done + n, len(ctx.jobs())),
+            on_done=lambda n: progress("train (models)", done + n, len(ctx.jobs())), on_epoch=on_epoch,
         )
 
 
-def _train_one(cfg, meta: dict, data_dir: Path | None, threads: int):
-    """Train one model where Ray placed it; returns what the driver saves (workers write nothing)."""
-    import torch
+def _train_one(cfg, meta: dict, data_dir: Path | None, events, pretrained: dict | None):
+    """Train one model where Ray placed it; returns what the driver saves (workers write nothing).
+    Each epoch's history row goes to the driver through ``events`` (a Ray queue)."""
+    import ray
+    from ray.util.queue import Full
 
     from vsbench.train.loop import train
 
-    torch.set_num_threads(threads)
-    result = train(cfg, data_dir=data_dir)
-    return result.model, {**meta, "config": cfg.model_dump(), "phases": result.phases, **result.info}
+    def on_epoch(row: dict) -> None:
+        try:
+            events.put((meta["model"], row), timeout=5)
+        except (ray.exceptions.RayError, Full) as exc:  # progress display only: never fail training
+            log.debug("epoch event lost: %s", exc)
+
+    result = train(cfg, data_dir=data_dir, on_epoch=on_epoch, pretrained=pretrained)
+    return result.model, {**meta, "config": cfg.model_dump(), "phases": result.phases,
+                          "history": result.history, **result.info}
+
+
+def pretrained_from(folder: Path) -> dict:
+    """What :meth:`vsbench.train.loop.Trainer.pretrain` starts from: a saved dense model."""
+    from vsbench.train.checkpoint import load_checkpoint
+
+    model, manifest = load_checkpoint(folder)
+    return {"state_dict": model.state_dict(), "phases": manifest["phases"], "history": manifest.get("history", [])}
 
 
 def train_jobs(jobs: list, models_dir: Path, data_dir: Path | None, workers: int | None,
-               ray_address: str | None, on_done: Callable[[int], None]) -> None:
-    """Train ``[(name, TrainConfig, meta)]`` as Ray tasks, one CPU each (one GPU each with CUDA)."""
+               ray_address: str | None, on_done: Callable[[int], None],
+               on_epoch: Callable[[str, dict], None] | None = None) -> None:
+    """Train ``[(name, TrainConfig, meta, parent)]`` as Ray tasks, one CPU each (one GPU each with
+    CUDA); a job with a ``parent`` (a dense model's name) starts once that model is saved."""
     import ray
     import torch
+    from ray.util.queue import Queue
 
-    from vsbench.train.checkpoint import save_checkpoint
     from vsbench.cluster import init_ray
+    from vsbench.train.checkpoint import save_checkpoint
 
     if not jobs:
         return
     init_ray(workers, ray_address)
     gpus = 1 if torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1 else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=1)(_train_one)
-    threads = 1 if len(jobs) > 1 else max(1, int(ray.available_resources().get("CPU", 1)))
-    pending = {remote.remote(cfg, meta, data_dir, threads): name for name, cfg, meta in jobs}
+    events = Queue(actor_options={"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1})
+    pending, waiting = {}, []
+
+    def submit(name, cfg, meta, parent) -> None:
+        pretrained = pretrained_from(models_dir / parent) if parent else None
+        pending[remote.remote(cfg, meta, data_dir, events, pretrained)] = name
+
+    for name, cfg, meta, parent in jobs:
+        if parent and not (models_dir / parent / "manifest.json").is_file():
+            waiting.append((name, cfg, meta, parent))
+        else:
+            submit(name, cfg, meta, parent)
     finished = 0
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        while on_epoch and not events.empty():
+            on_epoch(*events.get_nowait())
+        if not ready:
+            continue
         name = pending.pop(ready[0])
         try:
             model, manifest = ray.get(ready[0])
@@ -179,6 +258,9 @@ def train_jobs(jobs: list, models_dir: Path, data_dir: Path | None, workers: int
         save_checkpoint(models_dir / name, model, manifest)
         finished += 1
         on_done(finished)
+        for job in [j for j in waiting if j[3] == name]:
+            waiting.remove(job)
+            submit(*job)
 
 
 # --------------------------------------------------------------------------- export

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import AFFINE, Graph, ReLU
+from .graph import AFFINE, Graft, Graph, ReLU
 from .ibp import ibp_bounds
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
@@ -79,6 +79,9 @@ def backward(
             if keep:
                 lams[k] = A
             pos, neg = A.clamp(min=0), A.clamp(max=0)
+            if isinstance(op, Graft):  # grafted neurons: their exact line, with its intercept
+                up, icpt, low, low_icpt = op.exact(up, icpt, low)
+                bias = bias + (pos * low_icpt).sum(-1)
             bias = bias + (neg * icpt).sum(-1)
             A = pos * low + neg * up
             if extra is not None and extra[k] is not None:

@@ -205,6 +205,35 @@ class ReLU:
         return self
 
 
+@dataclass
+class Graft(ReLU):
+    """A ReLU layer with some neurons grafted to fixed linear functions (linearity grafting):
+    ``y = keep * relu(x) + (1 - keep) * (slope * x + intercept)``, all ``(n,)`` (slope and
+    intercept zero where ``keep`` is 1). A grafted neuron's relaxation is exact."""
+
+    keep: torch.Tensor
+    slope: torch.Tensor
+    intercept: torch.Tensor
+
+    def forward(self, x):
+        return torch.relu(x) * self.keep + x * self.slope + self.intercept
+
+    def interval(self, lo, hi):
+        a, b = self.slope * lo, self.slope * hi
+        return (lo.clamp(min=0) * self.keep + torch.minimum(a, b) + self.intercept,
+                hi.clamp(min=0) * self.keep + torch.maximum(a, b) + self.intercept)
+
+    def exact(self, up, icpt, low):
+        """The ReLU relaxation ``(up, icpt, low)`` with grafted neurons replaced by their line:
+        ``(up, icpt, low, low_icpt)``."""
+        lin = self.keep == 0
+        up, low = torch.where(lin, self.slope, up), torch.where(lin, self.slope, low)
+        return up, torch.where(lin, self.intercept, icpt), low, self.intercept
+
+    def to(self, dtype):
+        return Graft(*(t.detach().to(dtype) for t in (self.keep, self.slope, self.intercept)))
+
+
 AFFINE = (Linear, Conv, Scale)
 
 
@@ -246,6 +275,8 @@ class Graph:
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         current = None
         for op in self.ops:
+            if isinstance(op, Graft):
+                raise UnsupportedModel("grafted ReLUs have no plain (W, b) chain form")
             if isinstance(op, ReLU):
                 if current is None:
                     raise UnsupportedModel("ReLU without a preceding affine layer")
@@ -289,7 +320,7 @@ def batchnorm_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
 def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
     """Graph of a sequential torch model. Ops reference the live (differentiable) weights.
 
-    Supports Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (running statistics in eval mode,
+    Supports Linear, Conv2d, ReLU, grafted ReLU (``graft()``), Flatten, BatchNorm1d/2d (running statistics in eval mode,
     :class:`BatchNormTrain` in training mode) and any module
     with an ``affine_scale(shape) -> (a, b)`` method (e.g. :class:`vsbench.nets.Normalize`).
     """
@@ -309,6 +340,8 @@ def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
             shape = op.out_shape
         elif isinstance(m, nn.ReLU):
             ops.append(ReLU())
+        elif hasattr(m, "graft"):  # vsbench.nets.GraftReLU
+            ops.append(Graft(*m.graft()))
         elif isinstance(m, nn.Flatten):
             shape = (math.prod(shape),)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import AFFINE, Graph, ReLU
+from .graph import AFFINE, Graft, Graph, ReLU
 
 
 def ibp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -18,7 +18,7 @@ def ibp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> list[t
     for op in graph.ops:
         if isinstance(op, ReLU):
             out.append((lo, hi))
-            lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+            lo, hi = op.interval(lo, hi) if isinstance(op, Graft) else (lo.clamp(min=0), hi.clamp(min=0))
         elif isinstance(op, AFFINE):
             mid, rad = op.forward((hi + lo) / 2), op.abs_forward((hi - lo) / 2)
             lo, hi = mid - rad, mid + rad

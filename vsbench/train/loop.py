@@ -9,6 +9,7 @@ from their start to their end values (Zhang et al. 2020).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -55,7 +56,9 @@ class TrainConfig(BaseModel):
     reg_lambda: float = Field(0.0, ge=0.0, description="warm-up regulariser weight (Shi et al. 2021; 0.5 there)")
     reg_tol: float = Field(0.5, gt=0.0)
     grad_clip: float = Field(10.0, gt=0.0)
-    eval_test: int = Field(1000, ge=0, description="test images for the final accuracy estimate")
+    eval_test: int = Field(500, ge=0, description="held-out batch: the first N test images, on which clean and "
+                           "IBP-verified accuracy are logged after every epoch (monitoring only: nothing is "
+                           "selected on them; the table's clean accuracy is over the whole test set)")
     method_options: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
 
@@ -177,9 +180,14 @@ class Trainer:
     """Runs training phases on one dataset; methods call :meth:`fit` for each of their phases."""
 
     def __init__(self, cfg: TrainConfig, images, labels, n_classes: int, device: torch.device,
-                 progress: Callable[[str, int, int], None] | None = None):
+                 progress: Callable[[str, int, int], None] | None = None, heldout=None,
+                 on_epoch: Callable[[dict], None] | None = None, pretrained: dict | None = None):
+        """``heldout``: ``(images, labels)`` evaluated after every epoch; ``on_epoch`` gets each
+        history row; ``pretrained``: ``{"state_dict", "phases", "history"}`` of the dense model
+        that :meth:`pretrain` starts from instead of training it again."""
         self.cfg, self.images, self.labels = cfg, images, labels
         self.n_classes, self.device, self.progress = n_classes, device, progress
+        self.heldout, self.on_epoch, self.pretrained = heldout, on_epoch, pretrained
         self.in_shape = tuple(images.shape[1:])
         self.phases: dict[str, float] = {}
         self.history: list[dict] = []
@@ -222,6 +230,35 @@ class Trainer:
                 c.beta_start + r * (c.beta_end - c.beta_start))
 
     # ------------------------------------------------------------------ fit
+
+    def pretrain(self, model: nn.Module, epochs: int) -> nn.Module:
+        """Dense certified pretraining (phase ``pretrain``) for methods that prune a trained net.
+        With ``pretrained`` (the suite's dense model of the same arch, seed and schedule), its
+        weights are loaded instead and its training time and history are charged to this model."""
+        if self.pretrained is None:
+            return self.fit("pretrain", model, epochs)
+        model.load_state_dict(self.pretrained["state_dict"])
+        for _ in range(epochs):  # the data order continues as if this run had trained it
+            torch.randperm(len(self.labels), generator=self.generator)
+        self.phases["pretrain"] = sum(self.pretrained["phases"].values())
+        self.history += [{**row, "phase": "pretrain", "reused": True} for row in self.pretrained["history"]]
+        return model.to(self.device)
+
+    @torch.no_grad()
+    def monitor(self, model: nn.Module) -> dict[str, float]:
+        """Clean and IBP-verified accuracy (at the test eps) on the held-out batch."""
+        if self.heldout is None:
+            return {}
+        x, y = self.heldout
+        model.eval()
+        graph = train_graph(model, self.in_shape)
+        if any(isinstance(op, SparseLinearOp) for op in graph.ops):
+            x = feature_major(x)
+        clean = graph.forward(x).argmax(1) == y
+        lb, _ = margin_bounds(graph, x, y, self.cfg.eps, self.n_classes)
+        model.train()
+        return {"heldout_clean_acc": float(clean.float().mean()),
+                "heldout_ibp_acc": float((clean & certified(lb, y)).float().mean())}
 
     def fit(self, phase: str, model: nn.Module, epochs: int, hooks=None, params=None, ramp: bool = True):
         """Train ``params`` (default: all trainable parameters) for ``epochs`` epochs.
@@ -268,7 +305,7 @@ class Trainer:
                 step += 1
                 if hooks is not None:
                     hooks.after_step(model, Step(self, opt, step, total, x, y, eps, kappa, beta, weights))
-                for k, v in stats.items():
+                for k, v in {"loss": float(loss.detach()), **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if self.progress:
                     self.progress(phase, step, total)
@@ -276,10 +313,12 @@ class Trainer:
                 hooks.at_epoch_end(model, epoch)
             seconds = time.perf_counter() - start
             self.phases[phase] = self.phases.get(phase, 0.0) + seconds
-            row = {"phase": phase, "epoch": epoch, "eps": eps, "seconds": seconds,
-                   **{k: v / per_epoch for k, v in sums.items()}}
+            row = {"phase": phase, "epoch": epoch, "epochs": epochs, "eps": eps, "lr": opt.param_groups[0]["lr"],
+                   "seconds": seconds, **{k: v / per_epoch for k, v in sums.items()}, **self.monitor(model)}
             self.history.append(row)
             log.info("%s", row)
+            if self.on_epoch:
+                self.on_epoch(row)
         return model
 
 
@@ -289,11 +328,41 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], None] | None = None) -> TrainResult:
-    """Train one model as ``cfg`` says; the method runs its phases through one :class:`Trainer`."""
+TRAIN_THREADS = 1  # intra-op threads of every training job: float sums (and so the weights) depend on it
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic kernels and a fixed thread count while training (restored afterwards).
+
+    On CPU this makes training bit-reproducible for a given torch build and CPU instruction set;
+    :data:`NOT_DETERMINISTIC` lists what it does not fix (recorded in each model's manifest)."""
+    threads, flag = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(TRAIN_THREADS)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(flag)
+
+
+NOT_DETERMINISTIC = ("bits differ across torch versions and across CPU instruction sets (MKL / oneDNN pick "
+                     "AVX2 or AVX-512 kernels); on CUDA, cuBLAS needs CUBLAS_WORKSPACE_CONFIG=:4096:8 and some "
+                     "kernels have no deterministic version (torch warns)")
+
+
+def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None, pretrained: dict | None = None) -> TrainResult:
+    """Train one model as ``cfg`` says; the method runs its phases through one :class:`Trainer`.
+    ``on_epoch`` receives every history row; ``pretrained``: see :class:`Trainer`."""
+    with deterministic():
+        return _train(cfg, data_dir, progress, on_epoch, pretrained)
+
+
+def _train(cfg, data_dir, progress, on_epoch, pretrained) -> TrainResult:
     from vsbench.data import get_dataset_info, load_dataset
     from vsbench.nets import build_net, fold_batchnorm, ibp_init_
-    from vsbench.train.evaluate import evaluate, verified_accuracy
     from vsbench.train.methods import get_method
     from vsbench.train.sparsity import flops, nonzero_params, nonzero_weights, prunable
 
@@ -301,13 +370,18 @@ def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], N
     ds = get_dataset_info(cfg.dataset)
     images, labels = load_dataset(cfg.dataset, "train", data_dir, cfg.n_train)
     device = pick_device(cfg.device)
+    heldout = None
+    if cfg.eval_test:
+        tx, ty = load_dataset(cfg.dataset, "test", data_dir, cfg.eval_test)
+        heldout = (tx.to(device), ty.to(device))
     model = build_net(cfg.arch, ds).to(device)
     if cfg.init == "ibp":
         ibp_init_(model)
     dense_weights = sum(m.weight.numel() for m in prunable(model))
     method_cls = get_method(cfg.method)
     method = method_cls(method_cls.Options(**cfg.method_options))
-    trainer = Trainer(cfg, images.to(device), labels.to(device), ds.n_classes, device, progress)
+    trainer = Trainer(cfg, images.to(device), labels.to(device), ds.n_classes, device, progress,
+                      heldout, on_epoch, pretrained)
     model = fold_batchnorm(method.run(trainer, model)).cpu().eval()
 
     info: dict[str, Any] = {
@@ -317,9 +391,8 @@ def train(cfg: TrainConfig, data_dir=None, progress: Callable[[str, int, int], N
         "sparsity": 1.0 - nonzero_weights(model) / dense_weights,
         "nonzero_params": nonzero_params(model),
         "flops": flops(model, trainer.in_shape),
+        "heldout_n": cfg.eval_test,
+        "determinism": {"threads": TRAIN_THREADS, "deterministic_algorithms": True, "device": str(device),
+                        "not_fixed": NOT_DETERMINISTIC},
     }
-    if cfg.eval_test:
-        tx, ty = load_dataset(cfg.dataset, "test", data_dir, cfg.eval_test)
-        info.update(test_n=len(ty), test_clean_acc=evaluate(model, tx, ty),
-                    test_ibp_verified_acc=verified_accuracy(model, tx, ty, cfg.eps, "ibp"))
     return TrainResult(model, dict(trainer.phases), trainer.history, info)

@@ -112,16 +112,21 @@ def random_masks(model: nn.Module, densities: list[float], generator: torch.Gene
 
 def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global") -> None:
     """Keep the largest-magnitude effective weights: ``global`` across layers or per ``layer``."""
+    score_masks(model, [m.weight.detach().abs() for m in prunable(model)], sparsity, scope)
+
+
+def score_masks(model: nn.Module, scores: list[torch.Tensor], sparsity: float, scope: str = "global") -> None:
+    """Keep the weights with the largest ``scores`` (one tensor per prunable layer, the weight's
+    shape): ``1 - sparsity`` of them ``global``-ly across layers or per ``layer``."""
     layers = prunable(model)
-    weights = [m.weight.detach().abs() for m in layers]
     if scope == "global":
-        flat = torch.cat([w.reshape(-1) for w in weights])
+        flat = torch.cat([w.reshape(-1) for w in scores])
         k = max(len(layers), round((1.0 - sparsity) * flat.numel()))
         keep = _topk_mask(flat, k)
-        chunks = torch.split(keep, [w.numel() for w in weights])
-        masks = [c.reshape(w.shape) for c, w in zip(chunks, weights)]
+        chunks = torch.split(keep, [w.numel() for w in scores])
+        masks = [c.reshape(w.shape) for c, w in zip(chunks, scores)]
     elif scope == "layer":
-        masks = [_topk_mask(w, max(1, round((1.0 - sparsity) * w.numel()))) for w in weights]
+        masks = [_topk_mask(w, max(1, round((1.0 - sparsity) * w.numel()))) for w in scores]
     else:
         raise ValueError(f"unknown pruning scope '{scope}' (known: global, layer)")
     for m, mask in zip(layers, masks):
@@ -153,6 +158,19 @@ def batchnorm_after(model: nn.Sequential) -> dict[nn.Module, nn.Module]:
     return {m: n for m, n in zip(mods, mods[1:]) if isinstance(m, LAYERS) and isinstance(n, BATCHNORMS)}
 
 
+def compact_weights(model: nn.Module, units: list[int]) -> int:
+    """Linear / Conv2d weights of the net compacted to ``units`` per hidden layer."""
+    layers = prunable(model)
+    total, prev = 0, None
+    for i, m in enumerate(layers):
+        w = m.weight
+        n_out = units[i] if i < len(units) else w.shape[0]
+        n_in = w.shape[1] if prev is None else w.shape[1] * prev // layers[i - 1].weight.shape[0]
+        total += n_out * n_in * math.prod(w.shape[2:])
+        prev = n_out
+    return total
+
+
 def structured_keep(model: nn.Module, sparsity: float) -> list[int]:
     """Units to keep per hidden layer, one shared keep fraction, so that the compacted net has
     at most ``1 - sparsity`` of the prunable weights (at least one unit per layer)."""
@@ -160,15 +178,7 @@ def structured_keep(model: nn.Module, sparsity: float) -> list[int]:
     full = [m.weight.shape[0] for m in layers[:-1]]
 
     def weights(q: float) -> int:
-        units = [max(1, math.floor(q * n)) for n in full]
-        total, prev = 0, None
-        for i, m in enumerate(layers):
-            w = m.weight
-            n_out = units[i] if i < len(units) else w.shape[0]
-            n_in = w.shape[1] if prev is None else w.shape[1] * prev // layers[i - 1].weight.shape[0]
-            total += n_out * n_in * math.prod(w.shape[2:])
-            prev = n_out
-        return total
+        return compact_weights(model, [max(1, math.floor(q * n)) for n in full])
 
     budget = (1.0 - sparsity) * sum(m.weight.numel() for m in layers)
     lo, hi = 0.0, 1.0

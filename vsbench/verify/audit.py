@@ -2,17 +2,22 @@
 
 Rules per instance: a ``sat`` whose counterexample replays in onnxruntime beats every ``unsat`` (those
 are wrong); against an ``unsat``, a ``sat`` whose counterexample does not replay is wrong. Timeouts,
-unknowns and errors never disagree with anything.
+unknowns and errors never disagree with anything, so an audit also proves that it compared
+(:func:`coverage`): per pair of verifiers, the instances both answered without ``error``.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from vsbench.store import run_lock
+
 DOWNGRADED = "downgraded to unknown"  # the runner's note on a sat whose counterexample failed
+MAX_ERROR_FRACTION = 0.1  # an audit where a verifier errs on more of the instances fails
 
 
 def _claim(record: dict) -> str:
@@ -50,13 +55,18 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
     folder) contains it.
     """
     from vsbench.export.benchmark import read_instances
-    from vsbench.verify.registry import resolved
-    from vsbench.verify.runner import run_verification
 
     if not verifiers:
         raise ValueError("audit needs at least one verifier")
     root, out = Path(benchmark_dir).absolute(), Path(out_dir)
-    instances = read_instances(root, only)
+    with run_lock(out):
+        return _audit(root, read_instances(root, only), verifiers, timeout, out, workers, progress)
+
+
+def _audit(root: Path, instances, verifiers: list[str], timeout: float, out: Path, workers, progress) -> pd.DataFrame:
+    from vsbench.verify.registry import resolved
+    from vsbench.verify.runner import run_verification
+
     rows = [{"onnx": str(Path(i.onnx).relative_to(root)), "vnnlib": str(Path(i.vnnlib).relative_to(root))}
             for i in instances]
     claims: list[dict[str, str]] = [{} for _ in instances]
@@ -70,6 +80,35 @@ def audit(benchmark_dir: str | Path, verifiers: list[str], timeout: float, out_d
     for row, claim in zip(rows, claims):
         row["disagreement"] = judge(claim)
     table = pd.DataFrame(rows)
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "audit.csv", index=False)
     return table
+
+
+def coverage(table: pd.DataFrame, verifiers: list[str]) -> pd.DataFrame:
+    """Per pair of verifiers (a single verifier: itself): ``compared``, the instances both answered
+    without ``error``; ``both decided``, those both answered ``sat`` or ``unsat``; and each side's
+    ``error`` count."""
+    pairs = list(itertools.combinations(verifiers, 2)) or [(verifiers[0], verifiers[0])]
+    ok = {v: table[v] != "error" for v in verifiers}
+    decided = {v: table[v].isin(["sat", "sat?", "unsat"]) for v in verifiers}
+    return pd.DataFrame([{"verifier A": a, "verifier B": b, "compared": int((ok[a] & ok[b]).sum()),
+                          "both decided": int((decided[a] & decided[b]).sum()),
+                          "errors A": int((~ok[a]).sum()), "errors B": int((~ok[b]).sum())} for a, b in pairs])
+
+
+def coverage_problems(table: pd.DataFrame, verifiers: list[str], max_error_fraction: float | None = None,
+                      min_compared: int | None = None) -> list[str]:
+    """Why an audit proves too little: a verifier erring on more than ``max_error_fraction`` (default
+    :data:`MAX_ERROR_FRACTION`) of the instances, or a pair compared on fewer than ``min_compared``
+    instances (default: every instance)."""
+    n = len(table)
+    need = n if min_compared is None else min_compared
+    max_error_fraction = MAX_ERROR_FRACTION if max_error_fraction is None else max_error_fraction
+    problems = [f"{v}: error on {k} of {n} instances (more than {max_error_fraction:.0%})"
+                for v in verifiers if (k := int((table[v] == "error").sum())) > max_error_fraction * n]
+    for row in coverage(table, verifiers).to_dict("records"):
+        if row["compared"] < need:
+            pair = row["verifier A"] if row["verifier A"] == row["verifier B"] else \
+                f"{row['verifier A']} and {row['verifier B']}"
+            problems.append(f"{pair}: compared on {row['compared']} of {n} instances (--min-compared {need})")
+    return problems

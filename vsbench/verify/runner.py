@@ -1,8 +1,12 @@
 """Run verification instances as Ray tasks: driver-enforced timeouts, retries, resume, checked counterexamples.
 
-The driver owns all files: workers only compute a verdict. Each finished instance is appended to
-``out_dir/records.jsonl`` at once (flush + fsync), so a killed run resumes where it stopped; the
-key of a record is ONNX path + VNN-LIB path + verifier name. Ray set-up lives in ``vsbench.cluster``.
+The driver owns all files and holds the output folder's lock (``vsbench.store.run_lock``) while it
+runs: workers only compute a verdict. Each finished instance is appended to ``out_dir/records.jsonl``
+at once (flush + fsync), so a killed run resumes where it stopped. A record's key is
+content-addressed (``vsbench.store.record_key``): the SHA-256 of the ONNX and VNN-LIB files, the
+verifier's name, version and configuration hash (:func:`verifier_identity`), and the timeout, so a
+moved or copied folder resumes and a changed file, timeout or configuration is verified again.
+Ray set-up lives in ``vsbench.cluster``.
 """
 
 from __future__ import annotations
@@ -15,47 +19,71 @@ from typing import Callable
 
 import numpy as np
 
+import vsbench
 from vsbench.cluster import init_ray
 from vsbench.onnx_io import confirm_counterexample
 from vsbench.spec.api import STATUSES, Instance, Verdict
-from vsbench.store import append_record, host, read_records, record_key, versions
+from vsbench.store import (append_record, file_sha256, host, latest_verdicts, read_records, record_key, run_lock,
+                           versions)
 
 log = logging.getLogger(__name__)
 
-GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills the task
+GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills its worker
 LOG_CHARS = 4000
+START_FAILURES = 3  # workers that may fail to start in one run (replaced) before the run stops
 
 
-def _verify_task(verifier, instance: Instance, timeout: float, memory_mb: int | None, cores: int = 1) -> dict:
-    """Runs in a Ray worker: build the verifier and decide one instance with ``cores`` torch threads."""
-    import resource
+class _Worker:
+    """One task slot as a Ray actor: a warm process that decides instances one after the other.
 
-    from vsbench.verify.registry import get_verifier
+    It builds the verifier once when it starts (imports torch and the verifier's modules), so no
+    instance's clock pays a cold start; the driver kills it only when an instance overruns its
+    timeout by the grace period, and starts a fresh one in its place.
+    """
 
-    v = get_verifier(verifier) if isinstance(verifier, str) else verifier()
-    if "torch" in sys.modules:  # the task's CPUs only: no intra-op threads fighting the other tasks
-        sys.modules["torch"].set_num_threads(cores)
-    ok, reason = v.available()
-    if not ok:
-        return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    start = time.monotonic()
-    try:
-        if memory_mb:  # soft limit only, restored below: Ray reuses worker processes
-            limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-        verdict: Verdict = v.verify(instance, timeout)
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "memory" not in str(exc):
-            raise
-        return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
-    finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-    return _result(verdict)
+    def __init__(self, verifier, cores: int):
+        self.verifier, self.cores = verifier, cores
+        self._make()
+
+    def _make(self):
+        from vsbench.verify.registry import get_verifier
+
+        v = get_verifier(self.verifier) if isinstance(self.verifier, str) else self.verifier()
+        if "torch" in sys.modules:  # the task's CPUs only: no intra-op threads fighting the other tasks
+            sys.modules["torch"].set_num_threads(self.cores)
+        return v
+
+    def ready(self) -> bool:
+        return True
+
+    def verify(self, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
+        """Decide one instance with a fresh verifier object (no state carried between instances)."""
+        import resource
+
+        import ray
+
+        v = self._make()
+        ok, reason = v.available()
+        if not ok:
+            return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        start = time.monotonic()
+        try:
+            if memory_mb:  # soft limit only, restored below: the worker decides further instances
+                limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
+                resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+            verdict: Verdict = v.verify(instance, timeout)
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "memory" not in str(exc):
+                raise
+            return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
+        finally:
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+        return _result(verdict)
 
 
 def _result(verdict: Verdict) -> dict:
-    """A worker's verdict as the plain dict the driver records."""
+    """A verdict as the plain dict a worker hands the driver."""
     import ray
 
     cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
@@ -64,51 +92,18 @@ def _result(verdict: Verdict) -> dict:
             "node": ray.get_runtime_context().get_node_id(), "stage": verdict.stage}
 
 
-# --------------------------------------------------------------------------- fast path (built-in verifier)
+def verifier_identity(verifier, name: str) -> dict:
+    """The verifier fields of a record key: ``verifier`` (its name), ``verifier_version`` and
+    ``verifier_config``.
 
-
-def _fast_path_task(instances: list[Instance], config, cores: int, seconds: float) -> dict:
-    """Runs in a Ray worker: :func:`vsbench.verify.fastpath.fast_path` on the instances of one model."""
-    import torch
-
-    from vsbench.spec.api import Deadline
-    from vsbench.verify.fastpath import fast_path
-
-    torch.set_num_threads(cores)
-    return {k: _result(v) for k, v in fast_path(instances, config, Deadline(seconds)).items()}
-
-
-def _fast_path(todo: list[Instance], verifier, cores: int, timeout_cap: float | None) -> dict[str, dict]:
-    """``{instance.key: result}`` of what the built-in verifier's fast path decides: one Ray task per
-    ONNX model, over all of that model's instances, before they fan out one task each. Empty for
-    other verifiers, with ``fast_path`` off, or when a task fails (its instances then go the usual way)."""
-    import ray
-
-    from vsbench.verify.registry import get_verifier
-
-    config = getattr(get_verifier(verifier) if isinstance(verifier, str) else verifier, "config", None)
-    if config is None or not getattr(config, "fast_path", False):
-        return {}
-    by_model: dict[str, list[Instance]] = {}
-    for inst in todo:
-        by_model.setdefault(str(inst.onnx), []).append(inst)
-    task = ray.remote(num_cpus=cores, max_retries=0)(_fast_path_task)
-    refs = []
-    for insts in by_model.values():
-        seconds = min(min(i.timeout, timeout_cap or i.timeout) for i in insts)
-        refs.append((task.remote(insts, config, cores, seconds), seconds))
-    out: dict[str, dict] = {}
-    for ref, seconds in refs:
-        try:
-            out.update(ray.get(ref, timeout=seconds + GRACE_S))
-        except (ray.exceptions.RayError, TimeoutError) as exc:  # e.g. an unsupported model
-            log.warning("fast path failed (%s); its instances are verified one by one", type(exc).__name__)
-            ray.cancel(ref, force=True)
-    return out
-
-
-def _verifier_name(verifier) -> str:
-    return verifier if isinstance(verifier, str) else getattr(verifier, "name", verifier.__name__)
+    A verifier object may define ``version()`` (the tool's version; default: vsbench's, whose code
+    it is) and ``config_hash()`` (a hash of every setting that can change a verdict; default
+    ``"default"``), so that changing either re-verifies on resume.
+    """
+    version = getattr(verifier, "version", None)
+    config = getattr(verifier, "config_hash", None)
+    return {"verifier": name, "verifier_version": str(version() if version else vsbench.__version__),
+            "verifier_config": str(config() if config else "default")}
 
 
 def run_verification(instances: list[Instance], verifier_name, out_dir: str | Path, workers: int | None = None,
@@ -123,99 +118,186 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
     worker died ``retries`` times before recording ``error``, and downgrades a ``sat`` whose
     counterexample fails in onnxruntime to ``unknown``. ``memory_mb`` caps each task's heap.
     ``cores``: CPUs per task (``workers`` tasks at a time); the built-in verifier runs clause MILPs
-    beside BaB when it has two or more.
+    beside BaB when it has two or more. Instances with the same key are verified once.
     """
-    import ray
-
     if isinstance(verifier_name, str):
         from vsbench.verify.registry import get_verifier, resolved
 
         verifier_name = resolved(verifier_name)
-    name = _verifier_name(verifier_name)
-    if isinstance(verifier_name, str):
-        ok, reason = get_verifier(verifier_name).available()  # unknown or unusable: one error here
+        verifier = get_verifier(verifier_name)
+        ok, reason = verifier.available()  # unknown or unusable: one error here
         if not ok:
             raise ValueError(f"verifier {verifier_name!r} is not available: {reason}")
+        name = verifier_name
+    else:
+        verifier = verifier_name()
+        name = getattr(verifier, "name", verifier_name.__name__)
+    identity = verifier_identity(verifier, name)
+    fields = {id(i): {"onnx_sha256": file_sha256(i.onnx), "vnnlib_sha256": file_sha256(i.vnnlib), **identity,
+                      "timeout": min(i.timeout, timeout_cap) if timeout_cap else i.timeout} for i in instances}
+    timeouts = {k: f["timeout"] for k, f in fields.items()}
+    key = {k: record_key(f) for k, f in fields.items()}
     path = Path(out_dir) / "records.jsonl"
-    keep = {record_key(r): r for r in read_records(path) if "status" in r}
-    key = {id(i): f"{i.onnx}::{i.vnnlib}::{name}" for i in instances}
-    todo = list({key[id(i)]: i for i in instances if key[id(i)] not in keep}.values())  # once per key
-    total = len(set(key.values()))
-    done = total - len(todo)
-    if progress:
-        progress("verify", done, total)
-    if todo:
-        init_ray(workers and workers * cores, ray_address)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        if cores > cpus:
-            raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
-        capacity = max(1, min(cpus // cores, workers or 10**6))
-        task = ray.remote(num_cpus=cores, max_retries=0)(_verify_task)
-        common = {"verifier": name, "versions": versions(), "host": host(), "verifier_config": _config_of(verifier_name)}
-        cex_cache: dict = {}
-        decided = _fast_path(todo, verifier_name, cores, timeout_cap)
-        for inst in todo:
-            if inst.key in decided:
-                t = min(inst.timeout, timeout_cap) if timeout_cap else inst.timeout
-                keep[key[id(inst)]] = _finish(path, inst, t, 1, decided[inst.key], common, cex_cache)
-                done += 1
-        if progress and decided:
-            progress("verify", done, total)
-        queue = [i for i in todo if i.key not in decided]
-        running: dict = {}  # ref -> (instance, timeout, started, attempt)
+    with run_lock(out_dir):
+        keep = {record_key(r): r for r in latest_verdicts(read_records(path))}
+        todo = list({key[id(i)]: i for i in instances if key[id(i)] not in keep}.values())  # once per key
+        total = len(set(key.values()))
+        if progress:
+            progress("verify", total - len(todo), total)
+        if todo:
+            settings = getattr(verifier, "config", None)  # the built-in verifier's VerifierConfig
+            common = {"versions": versions(), "host": host(),
+                      "settings": settings.model_dump(mode="json") if settings is not None else None}
 
-        def submit(inst: Instance, attempt: int) -> None:
-            t = min(inst.timeout, timeout_cap) if timeout_cap else inst.timeout
-            running[task.remote(verifier_name, inst, t, memory_mb, cores)] = (inst, t, time.monotonic(), attempt)
+            def finish(inst: Instance, attempt: int, result: dict) -> None:
+                keep[key[id(inst)]] = _finish(path, inst, fields[id(inst)], attempt, result, common, cex_cache)
 
-        while queue or running:
-            while queue and len(running) < capacity:
-                submit(queue.pop(0), 1)
-            now = time.monotonic()
-            wait_s = max(0.0, min(s + t + grace_s for _, t, s, _ in running.values()) - now)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=min(wait_s, 1.0))
-            for ref in ready:
-                inst, t, started, attempt = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the verifier raised
-                    result = {"status": "error", "time_s": time.monotonic() - started,
-                              "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
-                except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
-                    if attempt <= retries:
-                        log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
-                        submit(inst, attempt + 1)
-                        continue
-                    result = {"status": "error", "time_s": time.monotonic() - started,
-                              "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
-                keep[key[id(inst)]] = _finish(path, inst, t, attempt, result, common, cex_cache)
-                done += 1
-            now = time.monotonic()
-            for ref, (inst, t, started, attempt) in list(running.items()):
-                if now > started + t + grace_s:
-                    ray.cancel(ref, force=True)
-                    del running[ref]
-                    result = {"status": "timeout", "time_s": now - started,
-                              "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"}
-                    keep[key[id(inst)]] = _finish(path, inst, t, attempt, result, common, cex_cache)
-                    done += 1
-            if progress:
-                progress("verify", done, total)
+            cex_cache: dict = {}
+            decided = _fast_path(todo, verifier_name, settings, timeouts, workers, ray_address, cores)
+            for inst in todo:
+                if id(inst) in decided:
+                    finish(inst, 1, decided[id(inst)])
+            todo = [i for i in todo if id(i) not in decided]
+            if progress and decided:
+                progress("verify", total - len(todo), total)
+            if todo:
+                _fan_out(todo, verifier_name, timeouts, finish, workers, ray_address, memory_mb, retries, grace_s,
+                         cores, progress and (lambda n: progress("verify", total - len(todo) + n, total)))
     return [keep[key[id(i)]] for i in instances]
 
 
-def _config_of(verifier) -> dict | None:
-    """The settings of a verifier that has a ``config`` (the built-in one), written into its records."""
-    from vsbench.verify.registry import get_verifier
-
-    obj = get_verifier(verifier) if isinstance(verifier, str) else verifier
-    config = getattr(obj, "config", None)
-    return None if config is None else config.model_dump(mode="json")
+# --------------------------------------------------------------------------- fast path (built-in verifier)
 
 
-def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: dict, common: dict,
+def _fast_path_task(instances: list[Instance], config, cores: int, seconds: float) -> dict:
+    """Runs in a Ray worker: :func:`vsbench.verify.fastpath.fast_path` on the instances of one model,
+    ``{index in instances: result}`` for those it decides."""
+    import torch
+
+    from vsbench.spec.api import Deadline
+    from vsbench.verify.fastpath import fast_path
+
+    torch.set_num_threads(cores)
+    verdicts = fast_path(instances, config, Deadline(seconds))
+    return {i: _result(verdicts[inst.key]) for i, inst in enumerate(instances) if inst.key in verdicts}
+
+
+def _fast_path(todo: list[Instance], verifier, config, timeouts: dict, workers: int | None,
+               ray_address: str | None, cores: int) -> dict[int, dict]:
+    """``{id(instance): result}`` of what the built-in verifier's fast path decides: one Ray task per
+    ONNX model over all its instances, before they fan out one task each. Empty for other verifiers,
+    with ``fast_path`` off, or for a model whose task fails (its instances then go the usual way)."""
+    import ray
+
+    if config is None or not getattr(config, "fast_path", False):
+        return {}
+    init_ray(workers and workers * cores, ray_address)
+    by_model: dict[str, list[Instance]] = {}
+    for inst in todo:
+        by_model.setdefault(str(inst.onnx), []).append(inst)
+    task = ray.remote(num_cpus=cores, max_retries=0)(_fast_path_task)
+    refs = []
+    for insts in by_model.values():
+        seconds = min(timeouts[id(i)] for i in insts)
+        refs.append((task.remote(insts, config, cores, seconds), insts, seconds))
+    out: dict[int, dict] = {}
+    for ref, insts, seconds in refs:
+        try:
+            out.update({id(insts[i]): result for i, result in ray.get(ref, timeout=seconds + GRACE_S).items()})
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # e.g. a model the bound engines cannot read
+            log.warning("fast path of %s failed (%s); its instances are verified one by one", insts[0].onnx,
+                        type(exc).__name__)
+            ray.cancel(ref, force=True)
+    return out
+
+
+def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, workers: int | None,
+             ray_address: str | None, memory_mb: int | None, retries: int, grace_s: float, cores: int,
+             progress: Callable[[int], None] | None) -> None:
+    """Decide ``todo`` on warm :class:`_Worker` actors, at most ``workers`` at a time;
+    ``finish(instance, attempt, result)`` for each as it ends (verdict, error, or stopped ``grace_s``
+    after its timeout). An instance's clock starts when a started worker takes it."""
+    import ray
+
+    init_ray(workers and workers * cores, ray_address)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if cores > cpus:
+        raise ValueError(f"--cores {cores}: the Ray cluster has {cpus} CPUs")
+    worker_class = ray.remote(num_cpus=cores, max_restarts=0)(_Worker)
+    queue = [(inst, 1) for inst in todo]
+    starting: dict = {}  # ready() ref -> worker not yet started
+    idle: list = []
+    running: dict = {}  # verify() ref -> (worker, instance, started, attempt)
+    done = failed_starts = 0
+
+    def start_worker() -> None:
+        w = worker_class.remote(verifier, cores)
+        starting[w.ready.remote()] = w
+
+    def replace(worker) -> None:
+        ray.kill(worker)
+        start_worker()
+
+    for _ in range(min(max(1, min(cpus // cores, workers or 10**6)), len(todo))):
+        start_worker()
+    try:
+        while queue or running:
+            while queue and idle:
+                inst, attempt = queue.pop(0)
+                w = idle.pop()
+                running[w.verify.remote(inst, timeouts[id(inst)], memory_mb)] = (w, inst, time.monotonic(), attempt)
+            ends = [s + timeouts[id(i)] + grace_s for _, i, s, _ in running.values()]
+            wait_s = max(0.0, min(ends) - time.monotonic()) if ends else 1.0
+            ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=min(wait_s, 1.0))
+            for ref in ready:
+                if ref in starting:
+                    w = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle.append(w)
+                    except ray.exceptions.RayError as exc:  # e.g. killed by Ray's memory monitor while starting
+                        failed_starts += 1
+                        if failed_starts > START_FAILURES:
+                            raise RuntimeError(f"verification workers could not start: {exc}") from None
+                        replace(w)
+                    continue
+                w, inst, started, attempt = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                    idle.append(w)
+                except ray.exceptions.RayTaskError as exc:  # the verifier raised
+                    idle.append(w)
+                    result = {"status": "error", "time_s": time.monotonic() - started,
+                              "log": f"error: {getattr(exc, 'cause', None) or exc!r}"[:LOG_CHARS]}
+                except ray.exceptions.RayError as exc:  # the worker died (crash, OOM kill, node lost)
+                    replace(w)
+                    if attempt <= retries:
+                        log.warning("%s: worker died (%s); retrying", inst.vnnlib, type(exc).__name__)
+                        queue.insert(0, (inst, attempt + 1))
+                        continue
+                    result = {"status": "error", "time_s": time.monotonic() - started,
+                              "log": f"error: worker died {attempt} times ({type(exc).__name__}: {exc})"[:LOG_CHARS]}
+                finish(inst, attempt, result)
+                done += 1
+            now = time.monotonic()
+            for ref, (w, inst, started, attempt) in list(running.items()):
+                t = timeouts[id(inst)]
+                if now > started + t + grace_s:  # the last resort: the verifier ignored its deadline
+                    del running[ref]
+                    replace(w)
+                    finish(inst, attempt, {"status": "timeout", "time_s": now - started,
+                                           "log": f"stopped by the runner {grace_s:g} s after the {t:g} s timeout"})
+                    done += 1
+            if progress:
+                progress(done)
+    finally:  # free the CPUs the workers hold
+        for w in idle + list(starting.values()) + [w for w, *_ in running.values()]:
+            ray.kill(w)
+
+
+def _finish(path: Path, inst: Instance, fields: dict, attempt: int, result: dict, common: dict,
             cex_cache: dict) -> dict:
-    """Check a ``sat``, build the record and append it to ``records.jsonl``."""
+    """Check a ``sat``, build the record (``fields``: those of its key) and append it to ``records.jsonl``."""
     status, note, cex = result["status"], "", None
     if status not in STATUSES:
         status, note = "error", f"error: the verifier returned the unknown status {status!r}"
@@ -230,11 +312,11 @@ def _finish(path: Path, inst: Instance, timeout: float, attempt: int, result: di
             if cex is None:
                 status, note = "unknown", f"{why}: downgraded to unknown"
     record = {
-        **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "verifier": common["verifier"],
-        "status": status, "time_s": round(float(result["time_s"]), 4), "timeout": timeout,
+        **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), **fields,
+        "status": status, "time_s": round(float(result["time_s"]), 4),
         "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
         "node": result.get("node"), "stage": result.get("stage") if status in ("sat", "unsat") else None,
-        "verifier_config": common["verifier_config"],
+        "verifier_settings": common["settings"],
         "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
         "cex": None if cex is None else cex.tolist(),
         "versions": common["versions"], "host": common["host"],

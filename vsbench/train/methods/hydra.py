@@ -75,7 +75,7 @@ class Hydra(Sparsifier):
 
     def run(self, trainer, model):
         cfg = trainer.cfg
-        trainer.fit("pretrain", model, epochs_of(self.opt.pretrain_frac, cfg.epochs))
+        model = trainer.pretrain(model, epochs_of(self.opt.pretrain_frac, cfg.epochs))
         layers = prunable(model)
         dens = layer_densities(model, cfg.sparsity, self.opt.density)
         for p in model.parameters():

@@ -36,7 +36,7 @@ class PruneAfter(Sparsifier):
 
     def run(self, trainer, model):
         cfg, o = trainer.cfg, self.opt
-        trainer.fit("pretrain", model, epochs_of(o.pretrain_frac, cfg.epochs))
+        model = trainer.pretrain(model, epochs_of(o.pretrain_frac, cfg.epochs))
         per_round = max(1, round(o.finetune_frac * cfg.epochs / o.rounds))
         for r in range(1, o.rounds + 1):
             start = time.perf_counter()
