@@ -15,7 +15,8 @@ from torch.nn.utils import parametrize, prune
 
 from vsbench.bounds.graph import from_onnx
 from vsbench.export.benchmark import BenchmarkError, choose_indices, read_instances, regenerate, write_benchmark
-from vsbench.export.onnx import ExportError, export_onnx, onnx_stats
+from vsbench.export.onnx import OPSET, ExportError, export_onnx, onnx_stats
+from vsbench.nets import ARCHS, BN_SUFFIX, build_net, list_nets
 from vsbench.onnx_io import run_onnx
 from vsbench.spec.vnnlib import read_vnnlib
 
@@ -65,6 +66,59 @@ def test_export_round_trip_and_stats(tmp_path):
     assert stats["nonzero_params"] == conv_nz + 4 + fc_nz + 16 + 160 + 10
     assert stats["flops"] == conv_nz * 14 * 14 + fc_nz + 160
     assert conv_nz < 36 and fc_nz < 0.2 * 16 * 784
+
+
+def _marabou():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pytest.importorskip("maraboupy.Marabou")
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_every_architecture_reads_in_marabou(tmp_path, monkeypatch, name):
+    """Each architecture of vsbench.nets (narrowed) exports without broadcasting Sub / Div, passes the full
+    ONNX check and evaluates in Marabou's own solver (input fixed) as onnxruntime does."""
+    import onnx
+
+    Marabou = _marabou()
+    monkeypatch.chdir(tmp_path)  # Marabou's evaluation writes a log file into the working folder
+    torch.manual_seed(0)
+    model = build_net(name, "mnist", widths=[3] * len(ARCHS[name.removesuffix(BN_SUFFIX)])).eval()
+    if name.endswith(BN_SUFFIX):  # non-trivial running statistics
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    path = export_onnx(model, (1, 28, 28), tmp_path / f"{name}.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == OPSET
+    assert not {n.op_type for n in proto.graph.node} & {"Sub", "Div"}
+    x = np.random.default_rng(1).random((1, 1, 28, 28)).astype(np.float32)
+    net = Marabou.read_onnx(str(path))
+    y = np.asarray(net.evaluateWithMarabou([x])[0]).ravel()
+    assert np.abs(y - run_onnx(path, x)).max() < 1e-5
+    assert np.abs(run_onnx(path, x) - model(torch.tensor(x)).detach().numpy().ravel()).max() < 1e-5
+
+
+def test_padded_conv_normalisation_folds_into_a_bias_map(tmp_path, monkeypatch):
+    """A padded conv after the normalisation: the folded bias differs at the border (Conv + same-shape Add)."""
+    import onnx
+
+    Marabou = _marabou()
+    monkeypatch.chdir(tmp_path)  # Marabou's evaluation writes a log file into the working folder
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize(), nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 36, 3))
+    path = export_onnx(model, (1, 6, 6), tmp_path / "pad.onnx")
+    proto = onnx.load(str(path))
+    assert [n.op_type for n in proto.graph.node][:2] == ["Conv", "Add"]
+    x = np.random.default_rng(2).random((1, 1, 6, 6)).astype(np.float32)
+    want = model(torch.tensor(x)).detach().numpy().ravel()
+    assert np.abs(run_onnx(path, x) - want).max() < 1e-5
+    y = np.asarray(Marabou.read_onnx(str(path)).evaluateWithMarabou([x])[0]).ravel()
+    assert np.abs(y - want).max() < 1e-5
 
 
 def test_export_mismatch_is_an_error(tmp_path):
@@ -183,7 +237,7 @@ def test_header_row_allowed(tmp_path):
     (tmp_path / "p.vnnlib").write_text("x")
     (tmp_path / "instances.csv").write_text("onnx,vnnlib,timeout\nm.onnx,p.vnnlib,7.5\n")
     (inst,) = read_instances(tmp_path)
-    assert inst.onnx == tmp_path / "m.onnx" and inst.timeout == 7.5 and inst.meta == {"model": "m"}
+    assert inst.onnx == tmp_path / "m.onnx" and inst.timeout == 7.5 and inst.meta == {"model": "m", "category": tmp_path.name}
 
 
 def test_not_a_benchmark(tmp_path):

@@ -1,13 +1,16 @@
 """External verifiers for real: maraboupy on tiny nets and mnistfc, VNN-COMP scripts as subprocesses."""
 
+import gzip
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from vsbench.export.benchmark import read_instances
 from vsbench.export.onnx import export_onnx
 from vsbench.onnx_io import run_onnx
 from vsbench.spec.vnnlib import write_vnnlib
@@ -86,11 +89,72 @@ def test_result_files(tmp_path):
     f.write_text("violated\n((X_1 2e-1)\n (X_0 -1)\n (Y_0 3))\n")
     assert read_result_file(f)[1].tolist() == [-1.0, 0.2]
     f.write_text("maybe\n")
-    with pytest.raises(ResultFileError, match="r.txt: first line 'maybe'"):
+    with pytest.raises(ResultFileError, match="r.txt: result 'maybe'"):
         read_result_file(f)
     f.write_text("sat\n((X_0 1) (X_2 1))\n")
     with pytest.raises(ResultFileError, match="exactly once"):
         read_result_file(f)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("sat ((X_0 0.5) (X_1 -2) (Y_0 1) (Y_1 3))", ("sat", [0.5, -2.0])),  # one line, as some tools write it
+    ("  SAT\n((X_0 0.5)(X_1 1e-3)(Y_0 1))", ("sat", [0.5, 0.001])),
+    ("sat\nX float32 [1, 2]\n0.5\n0.25\nY float32 [1, 2]\n1.0\n2.0\n", ("sat", [0.5, 0.25])),  # VNN-LIB 2.0
+    ("violated", ("unknown", None)),  # no witness: the runner cannot confirm it
+    ("unsat\n", ("unsat", None)), ("holds", ("unsat", None)), ("timeout", ("timeout", None)),
+    ("unknown", ("unknown", None)), ("error\nsomething failed", ("error", None)),
+])
+def test_every_result_form_through_a_tool(tmp_path, relu_onnx, text, want):
+    """A tool whose run_instance.sh writes each result form the 2021-2025 scripts accept."""
+    tool = probe_tool(tmp_path / "tool", result=text)
+    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, relu_onnx, 10), 10)
+    assert (v.status, None if v.cex is None else v.cex.tolist()) == want, v.log
+
+
+def probe_tool(folder, result="unsat", prepare_sleep=0.0, run_sleep=0.0):
+    """A VNN-COMP tool folder whose scripts log their arguments and clock to ``calls.log``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "calls.log"
+    (folder / "prepare_instance.sh").write_text(
+        f'echo "prepare $(date +%s.%N) $*" >> {log}\nsleep {prepare_sleep}\necho "prepared $(date +%s.%N)" >> {log}\n')
+    (folder / "result.txt").write_text(result)
+    (folder / "run_instance.sh").write_text(
+        f'echo "run $(date +%s.%N) $*" >> {log}\nsleep {run_sleep}\ncp {folder / "result.txt"} "$5"\n')
+    return folder
+
+
+def gz_benchmark(folder, onnx_path, vnnlib_text, timeout):
+    """A VNN-COMP folder as the 2022+ repositories ship it: onnx/*.onnx.gz, vnnlib/*.vnnlib.gz."""
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "vnnlib").mkdir()
+    (folder / "onnx" / "relu.onnx.gz").write_bytes(gzip.compress(onnx_path.read_bytes()))
+    (folder / "vnnlib" / "p.vnnlib.gz").write_bytes(gzip.compress(vnnlib_text.encode()))
+    (folder / "instances.csv").write_text(f"onnx/relu.onnx.gz,vnnlib/p.vnnlib.gz,{timeout}\n")
+    return folder
+
+
+def test_probe_tool_category_gz_and_uncharged_prepare(tmp_path, relu_onnx, monkeypatch):
+    """Category = the benchmark folder's name; .gz inputs reach the tool decompressed from the cache (the
+    benchmark folder is left as it was); prepare runs under its own cap and its time is not charged."""
+    monkeypatch.setenv("VSBENCH_CACHE", str(tmp_path / "cache"))
+    write_vnnlib(tmp_path / "p.vnnlib", Property([y0_le_y1([0.5, 0.0], [1.0, 0.4])]))
+    bench = gz_benchmark(tmp_path / "my-bench", relu_onnx, (tmp_path / "p.vnnlib").read_text(), 5)
+    before = sorted(p for p in bench.rglob("*"))
+    (inst,) = read_instances(bench)
+    tool = probe_tool(tmp_path / "tool", result="unsat", prepare_sleep=4, run_sleep=2)
+    v = VnncompToolVerifier(tool).verify(inst, inst.timeout)
+    assert v.status == "unsat", v.log  # prepare 4 s + run 2 s > 5 s: the prepare time was not charged
+    assert v.prepare_s >= 4 and v.time_s >= 2
+    calls = [line.split() for line in (tool / "calls.log").read_text().splitlines()]
+    (_, t_prep, *prep_args), (_, t_prepared), (_, t_run, *run_args) = calls
+    assert prep_args[:2] == ["v1", "my-bench"] and run_args[:2] == ["v1", "my-bench"] and run_args[5] == "5"
+    assert float(t_run) >= float(t_prepared) >= float(t_prep) + 4
+    onnx, vnnlib = Path(run_args[2]), Path(run_args[3])
+    assert onnx.name == "relu.onnx" and vnnlib.name == "p.vnnlib" and prep_args[2:4] == run_args[2:4]
+    assert onnx.is_relative_to(tmp_path / "cache") and onnx.read_bytes() == relu_onnx.read_bytes()
+    assert sorted(p for p in bench.rglob("*")) == before
+    v = VnncompToolVerifier(tool, category="other").verify(Instance(relu_onnx, tmp_path / "p.vnnlib", 5), 5)
+    assert (tool / "calls.log").read_text().splitlines()[-1].split()[3] == "other"
 
 
 def test_vsbench_as_vnncomp_tool(mnistfc_dir):
@@ -106,20 +170,25 @@ def test_vsbench_as_vnncomp_tool(mnistfc_dir):
     assert v.status == "unsat", v.log
 
 
-def test_vnncomp_tool_killed_at_timeout(tmp_path):
-    """A tool that hangs is killed with its children; a tool without scripts is unavailable."""
+def test_vnncomp_tool_killed_at_timeout_plus_grace(tmp_path):
+    """A tool that hangs is killed with its children at timeout + the kill grace (60 s by default, as
+    VNN-COMP; 2 s here), not at the timeout; a prepare that hangs is stopped at its own cap."""
     (tmp_path / "prepare_instance.sh").write_text("exit 0\n")
     pidfile = tmp_path / "child.pid"
     (tmp_path / "run_instance.sh").write_text(f"sleep 300 &\necho $! > {pidfile}\nwait\n")
+    assert VnncompToolVerifier(tmp_path).kill_grace_s == 60
     t0 = time.monotonic()
-    v = VnncompToolVerifier(tmp_path).verify(Instance(tmp_path / "m.onnx", tmp_path / "p.vnnlib", 1), 1)
-    assert v.status == "timeout" and time.monotonic() - t0 < 10
+    v = VnncompToolVerifier(tmp_path, kill_grace_s=2).verify(Instance(tmp_path / "m.onnx", tmp_path / "p.vnnlib", 1), 1)
+    assert v.status == "timeout" and time.monotonic() - t0 >= 3 and "killed" in v.log
     time.sleep(0.2)
     status = f"/proc/{int(pidfile.read_text())}/status"
     assert not os.path.exists(status) or "zombie" in open(status).read()  # the child is dead too
     (tmp_path / "run_instance.sh").write_text("echo broken >&2; exit 3\n")
     v = VnncompToolVerifier(tmp_path).verify(Instance(tmp_path / "m.onnx", tmp_path / "p.vnnlib", 5), 5)
     assert v.status == "error" and "exited 3" in v.log and "broken" in v.log
+    (tmp_path / "prepare_instance.sh").write_text("sleep 300\n")
+    v = VnncompToolVerifier(tmp_path, prepare_timeout_s=1).verify(Instance(tmp_path / "m.onnx", tmp_path / "p.vnnlib", 5), 5)
+    assert v.status == "error" and "exceeded its 1 s cap" in v.log and v.prepare_s >= 1
     ok, why = VnncompToolVerifier(tmp_path / "none").available()
     assert not ok and "prepare_instance.sh" in why
 
@@ -148,7 +217,9 @@ def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
     """The adapter's YAML and result parsing, run against a stand-in abcrown.py (a real subprocess)."""
     (tmp_path / "abcrown.py").write_text(STAND_IN)
     monkeypatch.setenv("ABCROWN_PATH", str(tmp_path))
-    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, tmp_path / "p.vnnlib", 7), 7)
+    vnnlib = tmp_path / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
+    write_vnnlib(vnnlib, Property([Region(np.zeros(2), np.ones(2), [(np.array([[-1.0, 1.0]]), np.zeros(1))])]))
+    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, vnnlib, 7), 7)
     assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0" in v.log
 
 

@@ -133,7 +133,7 @@ def run(
         verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb,
                       verifier_options=options)
         df = write_report(ctx.run_dir)
-    print_table(df, f"{ctx.suite.name} ({ctx.profile_name})")
+    print_table(df.round(2), f"{ctx.suite.name} ({ctx.profile_name})")
     console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
 
 
@@ -223,7 +223,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.
 
     if not (run_dir / "records.jsonl").is_file() and not (run_dir / "models.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir}: no records.jsonl or models.jsonl (not a vsbench run folder)")
-    print_table(write_report(run_dir), str(run_dir))
+    print_table(write_report(run_dir).round(2), str(run_dir))
     console.print(f"tables: {run_dir / 'tables'}")
 
 

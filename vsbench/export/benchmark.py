@@ -164,12 +164,21 @@ def _inside(root: Path, rel: str, csv_path: Path, line: int) -> Path:
     return full.absolute()  # Ray workers and subprocesses do not share the caller's working folder
 
 
-def read_instances(bench_dir: str | Path, only: str | None = None) -> list[Instance]:
+def _stem(rel: str) -> str:
+    """``onnx/net.onnx.gz`` -> ``net``."""
+    name = Path(rel).name
+    for suffix in (".gz", ".onnx", ".vnnlib"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def read_instances(bench_dir: str | Path, only: str | None = None, category: str | None = None) -> list[Instance]:
     """Instances of a VNN-COMP folder's ``instances.csv`` (or its one ``*instances.csv``).
 
     Paths must be relative and stay inside the folder and the files must exist; timeouts must be
     positive. Meta (model, property, label, eps) comes from ``properties.json`` when present.
     ``only`` keeps the instances whose onnx or vnnlib path, as written in the CSV, contains it.
+    ``meta["category"]`` (the VNN-COMP category passed to tools) is ``category``, default the folder's name.
     """
     root = Path(bench_dir)
     if not root.is_dir():
@@ -201,7 +210,7 @@ def read_instances(bench_dir: str | Path, only: str | None = None) -> list[Insta
         if only is not None and only not in row[0] and only not in row[1]:
             continue
         onnx, vnnlib = _inside(root, row[0], path, line), _inside(root, row[1], path, line)
-        meta = {"model": Path(row[0]).stem.removesuffix(".onnx"), **props.get(row[1], {})}
+        meta = {"model": _stem(row[0]), "category": category or root.resolve().name, **props.get(row[1], {})}
         out.append(Instance(onnx, vnnlib, timeout, meta))
     if only is not None and not out:
         raise BenchmarkError(f"{path}: no instance matches {only!r}")

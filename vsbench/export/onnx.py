@@ -1,4 +1,10 @@
-"""ONNX export of trained models (checked against torch in onnxruntime) and size / FLOP counts."""
+"""ONNX export of trained models (checked against torch in onnxruntime) and size / FLOP counts.
+
+Exports are written for every VNN-COMP tool to read: opset 13 and only Conv, Gemm, Relu, Flatten and
+(where a padded convolution needs a per-position bias) a same-shape constant Add. The input
+normalisation is folded into the first affine layer: tools such as Marabou reject the broadcasting
+``Sub`` / ``Div`` it would otherwise export to.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a model is exported, not for running ONNX files
     from torch import nn
 
-OPSET = 17
+OPSET = 13  # the oldest opset with every op we write; tools from VNN-COMP 2021 on read it
 TOLERANCE = 1e-4
 
 
@@ -51,10 +57,11 @@ def _plain(model: nn.Module) -> nn.Module:
 
 def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, check: bool = True,
                 n_check: int = 16, seed: int = 0) -> Path:
-    """Export ``model`` (input in pixel scale, shape ``(1, *in_shape)``) to ONNX opset 17.
+    """Export ``model`` (input in pixel scale, shape ``(1, *in_shape)``) to ONNX (``OPSET``).
 
-    With ``check``, ``n_check`` random inputs in [0, 1] are run in torch and onnxruntime; a max
-    abs difference above 1e-4 raises ``ExportError`` naming the file.
+    A leading normalisation is folded into the first affine layer (``fold_normalisation``). With
+    ``check``, ``n_check`` random inputs in [0, 1] are run in the torch model as given and in
+    onnxruntime; a max abs difference above 1e-4 raises ``ExportError`` naming the file.
     """
     import torch
 
@@ -62,11 +69,14 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, c
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from vsbench.export.fold import fold_normalisation
+
     model = _plain(model)
+    folded = fold_normalisation(model, tuple(in_shape))
     dummy = torch.zeros(1, *in_shape)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+        torch.onnx.export(folded, (dummy,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["input"], output_names=["output"], do_constant_folding=True)
     if check:
         x = torch.rand(n_check, 1, *in_shape, generator=torch.Generator().manual_seed(seed))

@@ -64,6 +64,7 @@ class Verdict:
     margin: float | None = None  # best proven lower bound of the violation margin, where known
     log: str = ""
     stage: str | None = None  # what decided it: attack, ibp, crown, alpha, input-split, bab, milp
+    prepare_s: float | None = None  # a VNN-COMP tool's prepare_instance.sh time, not charged to ``time_s``
 
 
 @runtime_checkable

@@ -78,6 +78,8 @@ class _Reader:
         """A linear term as ({variable: coefficient}, constant)."""
         if isinstance(node, str):
             if _NUMBER.fullmatch(node):
+                if not np.isfinite(float(node)):
+                    self.fail(node.line, f"number {node} is out of range")
                 return {}, float(node)
             if node in self.decl:
                 return {node: 1.0}, 0.0
@@ -141,8 +143,27 @@ class _Reader:
         self.fail(node.line, f"unsupported operator {op!r}")
 
 
-def _show(node) -> str:
-    return str(node) if isinstance(node, str) else "(" + " ".join(map(_show, node)) + ")"
+def _show(node, depth: int = 8) -> str:
+    """``node`` as text for an error message, nested lists below ``depth`` shown as ``(...)``."""
+    if isinstance(node, str):
+        return str(node)
+    if depth == 0:
+        return "(...)"
+    return "(" + " ".join(_show(n, depth - 1) for n in node[:20]) + (" ..." if len(node) > 20 else "") + ")"
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a VNN-LIB file, gzip-compressed (``*.gz``) or not; ``VnnlibError`` if unreadable."""
+    import gzip
+
+    path = Path(path)
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt") as f:
+                return f.read()
+        return path.read_text()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise VnnlibError(f"{path}: cannot read VNN-LIB file ({exc.__class__.__name__}: {exc})") from None
 
 
 def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = None) -> Property:
@@ -151,10 +172,7 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
     ``n_in`` / ``n_out`` check the declared variable counts when given. Raises ``VnnlibError``.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VnnlibError(f"{path}: cannot read VNN-LIB file ({exc.__class__.__name__}: {exc})") from None
+    text = read_text(path)
     r = _Reader(path)
     asserts = []
     for node in _read_sexps(path, text):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vsbench.spec.vnnlib import VnnlibError, read_vnnlib
+from vsbench.spec.vnnlib import VnnlibError, read_text, read_vnnlib
 from vsbench.spec.api import Property, Region
 
 
@@ -75,7 +75,7 @@ def read_vnnlib2(path: str | Path) -> Property:
     except ImportError:
         raise VnnlibError(f"{path}: reading VNN-LIB 2.0 needs the optional package: pip install vnnlib") from None
     try:
-        query = vnnlib.parse_query_file(str(path))
+        query = vnnlib.parse_query_string(read_text(path))  # read_text: .gz too
         networks = query.networks
         if len(networks) != 1 or len(networks[0].inputs) != 1 or len(networks[0].outputs) != 1:
             raise VnnlibError(f"{path}: only one network with one input and one output is supported")
@@ -98,7 +98,7 @@ def read_vnnlib2(path: str | Path) -> Property:
 
 def is_vnnlib2(path: str | Path) -> bool:
     """True if the file declares a network (VNN-LIB 2.0) rather than ``X_i`` constants (1.0)."""
-    return "declare-network" in Path(path).read_text(errors="replace")
+    return "declare-network" in read_text(path)
 
 
 def read_property(path: str | Path) -> Property:

@@ -1,7 +1,8 @@
 """External verifiers behind the one ``Verifier`` protocol: Marabou, alpha-beta-CROWN, any VNN-COMP tool.
 
-All three return ``sat`` only with a flat float64 counterexample; the runner re-checks it in onnxruntime.
-Tool output goes to the verdict's ``log``, never to the caller's terminal.
+All three return ``sat`` only with a flat float64 counterexample that
+:func:`vsbench.onnx_io.confirm_counterexample` confirms (else ``unknown``), and ``error`` for a model with
+NaN or inf weights (a tool's verdict on it means nothing). Tool output goes to the verdict's ``log``, never to the caller's terminal.
 """
 
 from __future__ import annotations
@@ -22,55 +23,101 @@ from pathlib import Path
 
 import numpy as np
 
+from vsbench.onnx_io import check_finite, confirm_counterexample
 from vsbench.spec.api import Deadline, Instance, Verdict
 
 LOG_CHARS = 4000
-KILL_GRACE_S = 5.0  # a subprocess runs this long past its timeout before its process group is killed
+# as VNN-COMP: a tool is killed (with its process group) at its timeout + 60 s; VSBENCH_KILL_GRACE_S changes it
+KILL_GRACE_S = float(os.environ.get("VSBENCH_KILL_GRACE_S", "60"))
+PREPARE_TIMEOUT_S = 60.0  # as VNN-COMP: prepare_instance.sh's own cap, not charged to the instance
+# result words of the 2021 (holds / violated) and 2022+ (sat / unsat) scripts
 _RESULT_STATUS = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat", "timeout": "timeout",
                   "unknown": "unknown", "error": "error"}
+_STATUS_WORD = re.compile(r"\s*([A-Za-z_]+)")
 _CEX_X = re.compile(r"\(\s*X_(\d+)\s+([^\s()]+)\s*\)")
+_CEX2_HEADER = re.compile(r"^(\S+)\s+(\S+)\s+\[([0-9,\s]*)\]$")  # VNN-LIB 2.0 witness: NAME TYPE [dims]
 
 
 class ResultFileError(ValueError):
     """A VNN-COMP result file that cannot be read; the message names the file and the problem."""
 
 
+def _number(path: Path, text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ResultFileError(f"{path}: counterexample value {text!r} of {what} is not a number") from None
+
+
+def _witness_v1(path: Path, body: str) -> np.ndarray | None:
+    """``(X_i v)`` pairs (VNN-LIB 1.0 witness, on one line or many) as a flat input, or None."""
+    values = {}
+    for idx, val in _CEX_X.findall(body):
+        if int(idx) in values:
+            raise ResultFileError(f"{path}: counterexample does not assign X_0 .. X_n exactly once (X_{idx} twice)")
+        values[int(idx)] = _number(path, val, f"X_{idx}")
+    if not values:
+        return None
+    if sorted(values) != list(range(len(values))):
+        raise ResultFileError(f"{path}: counterexample does not assign X_0 .. X_{max(values)} exactly once")
+    return np.array([values[i] for i in range(len(values))], dtype=np.float64)
+
+
+def _witness_v2(path: Path, body: str) -> np.ndarray | None:
+    """The first variable of a VNN-LIB 2.0 textual assignment (``X float32 [1, 784]`` then one value per
+    line, row-major) as a flat input, or None when ``body`` is not in that form."""
+    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+    head = _CEX2_HEADER.fullmatch(lines[0]) if lines else None
+    if head is None:
+        return None
+    dims = [int(d) for d in head.group(3).split(",") if d.strip()]
+    n = int(np.prod(dims)) if dims else 1
+    if len(lines) < 1 + n:
+        raise ResultFileError(f"{path}: VNN-LIB 2.0 witness declares {n} values for {head.group(1)}, "
+                              f"found {len(lines) - 1}")
+    return np.array([_number(path, v, f"{head.group(1)}[{i}]") for i, v in enumerate(lines[1:1 + n])],
+                    dtype=np.float64)
+
+
 def read_result_file(path: str | Path) -> tuple[str, np.ndarray | None]:
-    """(status, counterexample) of a VNN-COMP result file: a status line, then for ``sat`` ``((X_0 v) ... (Y_0 v))``."""
+    """(status, counterexample) of a VNN-COMP result file, in every form the 2021-2025 scripts accept.
+
+    The first word is the result (``sat`` / ``violated``, ``unsat`` / ``holds``, ``timeout``,
+    ``unknown``, ``error``; any case). A ``sat`` may carry its witness after it, on the same line or the
+    next ones: VNN-LIB 1.0 ``((X_0 v) ... (Y_0 v))`` or a VNN-LIB 2.0 assignment (``X float32 [dims]``
+    then one value per line); the input is returned flat, as float64.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"{path}: cannot read result file ({exc})") from None
-    lines = text.strip().splitlines()
-    word = lines[0].strip().lower() if lines else ""
+    m = _STATUS_WORD.match(text)
+    word = m.group(1).lower() if m else text.strip()[:20]
     if word not in _RESULT_STATUS:
-        raise ResultFileError(f"{path}: first line {word!r} is not one of {', '.join(_RESULT_STATUS)}")
+        raise ResultFileError(f"{path}: result {word!r} is not one of {', '.join(_RESULT_STATUS)}")
     status = _RESULT_STATUS[word]
     if status != "sat":
         return status, None
-    values = {}
-    for idx, val in _CEX_X.findall("\n".join(lines[1:])):
-        try:
-            values[int(idx)] = float(val)
-        except ValueError:
-            raise ResultFileError(f"{path}: counterexample value {val!r} of X_{idx} is not a number") from None
-    if not values:
-        return status, None
-    if sorted(values) != list(range(len(values))):
-        raise ResultFileError(f"{path}: counterexample does not assign X_0 .. X_{max(values)} exactly once")
-    return status, np.array([values[i] for i in range(len(values))], dtype=np.float64)
+    body = text[m.end():]
+    cex = _witness_v1(path, body)
+    return status, cex if cex is not None else _witness_v2(path, body)
 
 
 def write_result_file(path: str | Path, status: str, x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
     """Write a VNN-COMP result file: ``status`` and, for ``sat``, the input ``x`` and output ``y``."""
     lines = [status]
     if status == "sat" and x is not None:
-        pairs = [f"(X_{i} {v!r})" for i, v in enumerate(np.asarray(x, dtype=np.float64).ravel().tolist())]
-        if y is not None:
-            pairs += [f"(Y_{j} {v!r})" for j, v in enumerate(np.asarray(y, dtype=np.float64).ravel().tolist())]
-        lines.append("(" + "\n ".join(pairs) + ")")
+        lines.append(witness_text(x, y))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def witness_text(x: np.ndarray, y: np.ndarray | None = None) -> str:
+    """``((X_0 v)\n (X_1 v) ... (Y_0 v))``: a VNN-COMP counterexample, values as exact float64 reprs."""
+    pairs = [f"(X_{i} {v!r})" for i, v in enumerate(np.asarray(x, dtype=np.float64).ravel().tolist())]
+    if y is not None:
+        pairs += [f"(Y_{j} {v!r})" for j, v in enumerate(np.asarray(y, dtype=np.float64).ravel().tolist())]
+    return "(" + "\n ".join(pairs) + ")"
 
 
 def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -> tuple[int | None, str]:
@@ -90,17 +137,47 @@ def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -
         return rc, out.read().decode(errors="replace")[-LOG_CHARS:]
 
 
+def _checked(instance: Instance, verdict: Verdict) -> Verdict:
+    """``verdict`` with an unconfirmed ``sat`` downgraded to ``unknown`` and its point replaced by the one
+    onnxruntime was fed."""
+    if verdict.status != "sat" or verdict.cex is None:
+        return verdict
+    try:
+        cex, why = confirm_counterexample(instance, verdict.cex)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file or an onnxruntime failure: not confirmed
+        cex, why = None, f"check failed ({type(exc).__name__}: {exc})"
+    if cex is None:
+        return Verdict("unknown", verdict.time_s, log=f"{verdict.log}\n{why}: downgraded to unknown"[-LOG_CHARS:])
+    return Verdict("sat", verdict.time_s, cex=cex, margin=verdict.margin, log=verdict.log)
+
+
+def _nonfinite(instance: Instance) -> Verdict | None:
+    """An ``error`` verdict when the model holds NaN or inf weights, else None."""
+    try:
+        check_finite(instance.onnx)
+    except ValueError as exc:
+        return Verdict("error", 0.0, log=str(exc))
+    except Exception:  # noqa: BLE001 - an unreadable file: the tool itself reports it
+        return None
+    return None
+
+
 def _file_verdict(result: Path, rc: int | None, output: str, t0: float, timeout: float, what: str) -> Verdict:
-    """Verdict from a tool's result file, exit code and output."""
+    """Verdict from a tool's result file, exit code and output, judged as VNN-COMP does: killed, a
+    non-zero exit or an answer after ``timeout`` seconds is not a result."""
     elapsed = time.monotonic() - t0
     if rc is None:
-        return Verdict("timeout", elapsed, log=f"{what} killed after {timeout:g} s\n{output}"[-LOG_CHARS:])
+        return Verdict("timeout", elapsed, log=f"{what} killed past its {timeout:g} s timeout\n{output}"[-LOG_CHARS:])
+    if rc != 0:
+        return Verdict("error", elapsed, log=f"{what} exited {rc}\n{output}"[-LOG_CHARS:])
     if not result.is_file():
         return Verdict("error", elapsed, log=f"{what} exited {rc} without a result file\n{output}"[-LOG_CHARS:])
     try:
         status, cex = read_result_file(result)
     except ResultFileError as exc:
         return Verdict("error", elapsed, log=f"{exc}\n{output}"[-LOG_CHARS:])
+    if status in ("sat", "unsat") and elapsed > timeout:
+        status, output = "timeout", f"{status} after {elapsed:.1f} s, past the {timeout:g} s timeout\n{output}"
     if status == "sat" and cex is None:
         status, output = "unknown", f"sat without a counterexample: unknown\n{output}"
     return Verdict(status, elapsed, cex=cex, log=output[-LOG_CHARS:])
@@ -142,6 +219,8 @@ class MarabouVerifier:
 
     def verify(self, instance: Instance, timeout: float) -> Verdict:
         t0 = time.monotonic()
+        if (bad := _nonfinite(instance)) is not None:
+            return bad
         with tempfile.NamedTemporaryFile("r", suffix=".log") as out:
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stdout_to(out.name):
@@ -150,7 +229,7 @@ class MarabouVerifier:
             except Exception as exc:  # noqa: BLE001 - the verdict carries the error
                 status, cex, log = "error", None, f"{type(exc).__name__}: {exc}"
             log = f"{log}\n{out.read()[-1000:]}".strip()
-        return Verdict(status, time.monotonic() - t0, cex=cex, log=log[-LOG_CHARS:])
+        return _checked(instance, Verdict(status, time.monotonic() - t0, cex=cex, log=log[-LOG_CHARS:]))
 
     def _solve(self, instance: Instance, deadline: Deadline) -> tuple[str, np.ndarray | None, str]:
         from maraboupy import Marabou, MarabouCore, MarabouUtils
@@ -252,26 +331,42 @@ class AbcrownVerifier:
         script, why = find_abcrown()
         if script is None:
             return Verdict("error", 0.0, log=why)
+        if (bad := _nonfinite(instance)) is not None:
+            return bad
         with tempfile.TemporaryDirectory(prefix="vsbench-abcrown-") as tmp:
             work = Path(tmp)
             cfg = work / "config.yaml"
             cfg.write_text(yaml.safe_dump(self.config(instance, timeout, work)))
             python = os.environ.get("ABCROWN_PYTHON", sys.executable)
             rc, output = run_command([python, str(script), "--config", str(cfg)], timeout + KILL_GRACE_S, cwd=work)
-            return _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py")
+            return _checked(instance, _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py"))
+
+
+def category_of(instance: Instance) -> str:
+    """The VNN-COMP category of an instance: ``meta["category"]`` (``read_instances`` sets the benchmark
+    folder's name, ``--category`` overrides it), else the folder above the ONNX file's ``onnx/`` folder."""
+    if instance.meta.get("category"):
+        return str(instance.meta["category"])
+    folder = Path(instance.onnx).resolve().parent
+    return folder.parent.name if folder.name == "onnx" else folder.name
 
 
 class VnncompToolVerifier:
-    """Any tool folder with VNN-COMP ``prepare_instance.sh`` and ``run_instance.sh`` scripts.
+    """Any tool folder with VNN-COMP ``prepare_instance.sh`` and ``run_instance.sh``, driven as the
+    competition's scripts drive it.
 
-    The category passed to the scripts is ``instance.meta["category"]``, else ``category``, else the
-    name of the ONNX file's folder.
+    ``prepare_instance.sh v1 CATEGORY ONNX VNNLIB`` runs under its own ``prepare_timeout_s`` cap and is
+    timed apart (``Verdict.prepare_s``, not charged); ``run_instance.sh v1 CATEGORY ONNX VNNLIB RESULT
+    TIMEOUT`` gets the full timeout and is killed with its process group at timeout + ``kill_grace_s``.
+    The category is ``category_of(instance)``, else ``category``. ``.gz`` inputs are passed decompressed.
     """
 
-    def __init__(self, tool_dir: str | Path, category: str | None = None):
+    def __init__(self, tool_dir: str | Path, category: str | None = None, kill_grace_s: float = KILL_GRACE_S,
+                 prepare_timeout_s: float = PREPARE_TIMEOUT_S):
         self.tool_dir = Path(tool_dir).expanduser()
-        self.category = category
+        self.category, self.kill_grace_s, self.prepare_timeout_s = category, kill_grace_s, prepare_timeout_s
         self.name = f"vnncomp:{tool_dir}"
+        self.overrun_s = prepare_timeout_s + kill_grace_s  # the runner waits this much longer before it steps in
 
     def available(self) -> tuple[bool, str]:
         missing = [s for s in ("prepare_instance.sh", "run_instance.sh") if not (self.tool_dir / s).is_file()]
@@ -280,22 +375,28 @@ class VnncompToolVerifier:
         return True, ""
 
     def verify(self, instance: Instance, timeout: float) -> Verdict:
-        t0, deadline = time.monotonic(), Deadline(timeout)
+        from vsbench.gz import plain_instance
+
         ok, why = self.available()
         if not ok:
             return Verdict("error", 0.0, log=why)
-        category = instance.meta.get("category") or self.category or Path(instance.onnx).resolve().parent.name
+        if (bad := _nonfinite(instance)) is not None:
+            return bad
+        instance = plain_instance(instance)
+        category = instance.meta.get("category") or self.category or category_of(instance)
         onnx, vnnlib = str(Path(instance.onnx).resolve()), str(Path(instance.vnnlib).resolve())
+        t0 = time.monotonic()
         rc, out = run_command(["bash", str(self.tool_dir / "prepare_instance.sh"), "v1", category, onnx, vnnlib],
-                              timeout, cwd=self.tool_dir)
+                              self.prepare_timeout_s, cwd=self.tool_dir)
+        prepare_s = time.monotonic() - t0
         if rc != 0:
-            status = "timeout" if rc is None else "error"
-            return Verdict(status, time.monotonic() - t0, log=f"prepare_instance.sh exited {rc}\n{out}"[-LOG_CHARS:])
-        left = max(1, math.floor(deadline.left()))
+            why = f"exceeded its {self.prepare_timeout_s:g} s cap" if rc is None else f"exited {rc}"
+            return Verdict("error", 0.0, log=f"prepare_instance.sh {why}\n{out}"[-LOG_CHARS:], prepare_s=prepare_s)
         with tempfile.TemporaryDirectory(prefix="vsbench-vnncomp-") as tmp:
-            result = Path(tmp) / "result.txt"
+            result = Path(tmp) / "out.txt"
+            t0 = time.monotonic()
             rc, out = run_command(["bash", str(self.tool_dir / "run_instance.sh"), "v1", category, onnx, vnnlib,
-                                   str(result), str(left)], left + KILL_GRACE_S, cwd=self.tool_dir)
-            return _file_verdict(result, rc, out, t0, timeout, "run_instance.sh")
-
-
+                                   str(result), f"{timeout:g}"], timeout + self.kill_grace_s, cwd=self.tool_dir)
+            verdict = _checked(instance, _file_verdict(result, rc, out, t0, timeout, "run_instance.sh"))
+        verdict.prepare_s = prepare_s
+        return verdict

@@ -27,8 +27,11 @@ from vsbench.spec.api import Deadline, Instance, Verdict
 
 from ..bounds.alpha import alpha_spec
 from ..bounds.crown import backward
-from ..bounds.graph import Graph, from_onnx
+from ..bounds.dag import Dag
+from ..bounds.float_error import row_error
+from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.ibp import ibp_bounds, ibp_spec
+from ..bounds.onnx_ops import load_onnx
 from .config import VerifierConfig
 from .milp import TAU
 
@@ -53,6 +56,22 @@ class _Group:
         """Property margins at outputs ``y (B, n_out)`` of units ``idx``: < 0 where a clause holds."""
         rows = torch.einsum("bso,bo->bs", self.C[idx], y) - self.rhs[idx]
         return self.clause_values(rows, idx).min(1).values
+
+
+def _float32_margins(onnx_path, groups: list[_Group]) -> None:
+    """Raise every row's ``rhs`` by a bound on its float32 error in onnxruntime, so that a margin
+    proven above the threshold holds for the float32 model. One bound per distinct row over the hull
+    of all the boxes (sound for each box inside it): one error analysis per model, not per property."""
+    rows = torch.cat([grp.C.reshape(-1, grp.C.shape[-1]) for grp in groups])
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    lo = torch.cat([grp.lo for grp in groups]).min(0).values.numpy()
+    hi = torch.cat([grp.hi for grp in groups]).max(0).values.numpy()
+    err = torch.as_tensor(row_error(onnx_path, lo, hi, unique.numpy()))[inverse]
+    start = 0
+    for grp in groups:
+        n = grp.rhs.numel()
+        grp.rhs = grp.rhs + err[start: start + n].reshape(grp.rhs.shape)
+        start += n
 
 
 def _groups(props) -> list[_Group]:
@@ -180,10 +199,19 @@ def fast_path(instances: list[Instance], cfg: VerifierConfig | None = None, dead
         return {}
     if len({str(i.onnx) for i in instances}) != 1:
         raise ValueError("fast_path takes the instances of one ONNX model")
-    g = from_onnx(instances[0].onnx)
+    model = load_onnx(instances[0].onnx)
+    g = model.to_chain() if isinstance(model, Dag) else model
+    if g is None:  # not a chain of affine ops and ReLUs: the per-instance verifier takes them all
+        return {}
     props = [(read or read_vnnlib)(i.vnnlib) for i in instances]
-    run = _Run(instances, props, _groups(props), g)
-    stages = [_centre, _ibp, _crown, _attack, _alpha]
+    groups = _groups(props)
+    run = _Run(instances, props, groups, g.to(torch.float64))
+    stages = [_centre, _attack]
+    try:
+        _float32_margins(instances[0].onnx, groups)
+        stages = [_centre, _ibp, _crown, _attack, _alpha]
+    except UnsupportedModel:  # no float32 error bound for one of its ops: no unsat from here
+        pass
     for stage in stages:
         for k in range(len(run.groups)):
             open_ = run.open_units(k)

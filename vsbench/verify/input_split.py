@@ -28,10 +28,11 @@ from .milp import TAU
 MIN_WIDTH = 1e-9  # an open sub-box narrower than this in every input: input splitting cannot decide it
 
 
-def suits(graph: Graph, region: Region, cfg: VerifierConfig) -> bool:
-    """True when the region has at least one and at most ``cfg.input_split_max_dim`` free inputs."""
+def suits(graph, region: Region, cfg: VerifierConfig) -> bool:
+    """True for a chain :class:`Graph` (the dense path) over a region with at least one and at most
+    ``cfg.input_split_max_dim`` free inputs."""
     free = int((region.upper > region.lower).sum())
-    return 0 < free <= cfg.input_split_max_dim
+    return isinstance(graph, Graph) and 0 < free <= cfg.input_split_max_dim
 
 
 def _dense(graph: Graph) -> Graph:

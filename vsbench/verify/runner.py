@@ -62,7 +62,10 @@ class _Worker:
 
         import ray
 
+        from vsbench.gz import plain_instance
+
         v = self._make()
+        instance = plain_instance(instance)  # .onnx.gz / .vnnlib.gz: decompressed copies from the cache
         ok, reason = v.available()
         if not ok:
             return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
@@ -89,7 +92,7 @@ def _result(verdict: Verdict) -> dict:
     cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
     return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
             "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
-            "node": ray.get_runtime_context().get_node_id(), "stage": verdict.stage}
+            "prepare_s": verdict.prepare_s, "node": ray.get_runtime_context().get_node_id(), "stage": verdict.stage}
 
 
 def verifier_identity(verifier, name: str) -> dict:
@@ -153,6 +156,7 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
                 keep[key[id(inst)]] = _finish(path, inst, fields[id(inst)], attempt, result, common, cex_cache)
 
             cex_cache: dict = {}
+            grace_s += getattr(verifier, "overrun_s", 0.0)  # a VNN-COMP tool: prepare cap + kill grace
             decided = _fast_path(todo, verifier_name, settings, timeouts, workers, ray_address, cores)
             for inst in todo:
                 if id(inst) in decided:
@@ -315,6 +319,7 @@ def _finish(path: Path, inst: Instance, fields: dict, attempt: int, result: dict
         **inst.meta, "onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), **fields,
         "status": status, "time_s": round(float(result["time_s"]), 4),
         "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
+        **({"prepare_s": round(result["prepare_s"], 4)} if result.get("prepare_s") is not None else {}),
         "node": result.get("node"), "stage": result.get("stage") if status in ("sat", "unsat") else None,
         "verifier_settings": common["settings"],
         "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
