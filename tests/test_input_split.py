@@ -24,7 +24,7 @@ SPLIT_ONLY = VerifierConfig(attack_restarts=0, attack_steps=0, input_split_batch
 
 def _problem(seed):
     rng = np.random.default_rng(seed)
-    n_in, w1, w2, n_out = int(rng.integers(1, 4)), int(rng.integers(3, 7)), int(rng.integers(3, 7)), 3
+    n_in, w1, w2, n_out = int(rng.integers(1, 4)), int(rng.integers(2, 5)), int(rng.integers(2, 5)), 3
     layers = [(rng.normal(size=(o, i)), rng.normal(size=o) * 0.5) for i, o in ((n_in, w1), (w1, w2), (w2, n_out))]
     c, r = rng.normal(size=n_in), rng.uniform(0.1, 1.5)
     y = Graph.from_dense([(torch.as_tensor(W), torch.as_tensor(b)) for W, b in layers]).forward(torch.as_tensor(c)[None])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vsbench.onnx_io import confirm_counterexample
+from vsbench.onnx_io import confirm_counterexample, input_dtype, round_inside
 from vsbench.spec.api import Deadline, Instance, Verdict
 
 from ..bounds.alpha import alpha_spec
@@ -151,13 +151,17 @@ class _Run:
             self.stage_of[grp.regions[int(idx[i])][0]] = stage  # stages run cheapest first
 
     def try_points(self, k: int, idx: torch.Tensor, x: torch.Tensor, m: torch.Tensor, stage: str) -> None:
-        """Confirm in onnxruntime the points with margin <= 0; a confirmed one makes its property sat."""
+        """Confirm in onnxruntime the points with margin <= 0 (rounded into their box as the model's
+        input dtype); a confirmed one makes its property sat."""
         grp = self.groups[k]
+        dtype = input_dtype(self.instances[0].onnx)
         for i in torch.nonzero(m <= 0).flatten().tolist():
-            p = grp.regions[int(idx[i])][0]
+            p, r = grp.regions[int(idx[i])]
             if p in self.sat:
                 continue
-            cex, _ = confirm_counterexample(self.instances[p], x[i].detach().numpy(), self.cache)
+            region = self.props[p].regions[r]
+            point = round_inside(x[i].detach().numpy(), region.lower, region.upper, dtype)
+            cex, _ = confirm_counterexample(self.instances[p], point, self.cache)
             if cex is not None:
                 self.sat[p] = (cex, stage)
 
