@@ -85,7 +85,7 @@ def _groups(props) -> list[_Group]:
             by_layout.setdefault(spans, []).append((p, r, region))
     out = []
     for spans, items in by_layout.items():
-        t = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float64)  # noqa: E731
+        t = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float64)
         out.append(_Group(
             [(p, r) for p, r, _ in items],
             t([reg.lower for _, _, reg in items]), t([reg.upper for _, _, reg in items]),
