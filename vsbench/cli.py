@@ -49,6 +49,21 @@ def user_errors(fn):
     return wrapper
 
 
+def check_options(timeout: float | None = None, out: Path | None = None, ray_address: str | None = None) -> None:
+    """``ValueError`` (one error line) for a timeout that is not a positive number of seconds, an
+    ``--out`` that names a file, or a Ray address where nothing listens; before any work starts."""
+    import math
+
+    from vsbench.cluster import check_address
+
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"--timeout {timeout:g}: must be a positive number of seconds")
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: --out names a file; give a folder (it is created when missing)")
+    if ray_address:
+        check_address(ray_address)
+
+
 def print_table(df, title: str | None = None) -> None:
     table = Table(title=title, show_lines=False)
     for col in df.columns:
@@ -120,10 +135,10 @@ def run(
 ):
     """Train, export, verify and report a whole suite (resumes where a previous run stopped)."""
     from vsbench.pipeline import export_models, train_models, verify_models, write_report
-
     from vsbench.suites import load_suite
     from vsbench.verify.registry import with_options
 
+    check_options(out=out, ray_address=ray_address)
     options = _verifier_options(verifier_config, verifier_option)
     chosen = load_suite(suite)
     with_options(verifier or chosen.verifier, {**chosen.verifier_options, **options})  # bad options: before any work
@@ -150,6 +165,7 @@ def train(
     """Train the suite's models (skips models already trained)."""
     from vsbench.pipeline import train_models
 
+    check_options(out=out, ray_address=ray_address)
     with _run_context(suite, profile, out, data_dir) as ctx:
         train_models(ctx, workers=workers, ray_address=ray_address)
     console.print(f"models: {ctx.models_dir}")
@@ -167,6 +183,7 @@ def export(
     """Export trained models to ONNX and their properties to VNN-LIB (+ instances.csv)."""
     from vsbench.pipeline import export_models
 
+    check_options(out=out)
     with _run_context(suite, profile, out, data_dir) as ctx:
         bench = export_models(ctx, vnncomp_dir=vnncomp)
     console.print(f"benchmark: {vnncomp or bench}")
@@ -200,6 +217,7 @@ def verify(
 
     import pandas as pd
 
+    check_options(timeout, out, ray_address)
     chosen = with_options(verifier, _verifier_options(verifier_config, verifier_option))
     instances = read_instances(benchmark_dir, only=filter)
     check_inputs(instances)
@@ -275,6 +293,7 @@ def audit(
     from vsbench.verify.audit import audit as run_audit
     from vsbench.verify.audit import coverage, coverage_problems
 
+    check_options(timeout, out)
     names = [v.strip() for v in verifiers.split(",") if v.strip()]
     out = out or Path("results") / f"audit-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:

@@ -90,10 +90,11 @@ class RunContext:
         from vsbench.data import resolve_data_dir
         from vsbench.store import run_lock
 
+        data_dir = resolve_data_dir(data_dir)  # absolute: workers use it
         held = contextlib.ExitStack()
         held.enter_context(run_lock(run_dir))  # before anything is written: StoreError if another process has it
         try:
-            ctx = cls(suite, chosen, run_dir, models_dir, resolve_data_dir(data_dir), held=held)  # absolute: workers use it
+            ctx = cls(suite, chosen, run_dir, models_dir, data_dir, held=held)
             ctx.write_manifest()
         except BaseException:
             held.close()
@@ -323,7 +324,7 @@ def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str 
     for line in (ctx.run_dir / "models.jsonl").read_text().splitlines():
         row = json.loads(line)
         meta[row["model"]] = {k: row[k] for k in ("suite", "model", "arch", "method", "sparsity", "seed", "eps")}
-    instances = read_instances(ctx.benchmark_dir)
+    instances = read_instances(ctx.benchmark_dir, allow_empty=True)
     for inst in instances:
         inst.meta.update(meta.get(Path(inst.onnx).stem, {}))
     with progress_bar() as progress:
@@ -343,9 +344,11 @@ def check_inputs(instances) -> None:
 
     for path in sorted({Path(i.onnx) for i in instances}):
         try:
-            onnx.load(str(path))
+            model = onnx.load(str(path))
         except Exception as exc:  # protobuf DecodeError, OSError, ...: all mean "not an ONNX model"
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+        if not model.graph.input:  # a 0-byte file parses as an empty model
+            raise ValueError(f"{path}: not an ONNX model (no graph; the file has {path.stat().st_size} bytes)")
     for path in sorted({Path(i.vnnlib) for i in instances}):
         read_vnnlib(path)
 

@@ -44,7 +44,8 @@ class Affine:
     ``chain``: the equivalent op of a chain :class:`Graph` on flattened tensors, where there is one
     (``"flat"`` for ops that keep the flat order: Reshape, Flatten, Squeeze, Identity). ``mixing``:
     some output depends on several inputs (False for elementwise, reshaping and selecting ops: IBP
-    through them loses nothing).
+    through them loses nothing). ``terms``: how many roundings one output takes in float32 (the
+    float32 error bound of :mod:`vsbench.bounds.float_error`; None counts every input element).
     """
 
     fn: Callable
@@ -53,6 +54,7 @@ class Affine:
     back_fn: Callable | None = None
     chain: object = None
     mixing: bool = True
+    terms: int | None = None  # products summed per output in float32 (0: exact data movement); None: unknown
 
     def forward(self, *xs):
         y = self.fn(*xs)

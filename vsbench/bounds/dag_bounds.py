@@ -145,8 +145,9 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
     return bias + (A * ((hi + lo) / 2)).flatten(2).sum(-1) - (A.abs() * ((hi - lo) / 2)).flatten(2).sum(-1)
 
 
-def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool):
-    """CROWN bounds of node ``i`` (its unstable neurons only, if ``only_unstable``) meet ``bounds[i]``."""
+def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool, deadline=None):
+    """CROWN bounds of node ``i`` (its unstable neurons only, if ``only_unstable``) meet ``bounds[i]``;
+    chunks left when ``deadline`` expires keep ``bounds[i]``."""
     l, u = bounds[i]
     B = l.shape[0]
     lf, uf = l.reshape(B, -1).clone(), u.reshape(B, -1).clone()
@@ -155,6 +156,8 @@ def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only
     widest = max(math.prod(n.shape) for n in dag.nodes[: i + 1])
     chunk = max(1, ROW_BUDGET // (2 * B * widest))
     for s in range(0, len(cols), chunk):
+        if deadline is not None and deadline.expired():
+            break
         cc = cols[s:s + chunk]
         k = len(cc)
         C = l.new_zeros(B, 2 * k, lf.shape[1])
@@ -187,8 +190,8 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
             mixes.append(2)
         else:
             mixes.append(min(2, max(mixes[j] for j in n.inputs) + (n.op.mixing or len(n.inputs) > 1)))
-        if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu) and not (deadline is not None and deadline.expired()):
-            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, only_unstable=feeds[i])
+        if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu):
+            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, feeds[i], deadline)
     return bounds
 
 

@@ -22,7 +22,7 @@ from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds import dag_bounds
 from ..bounds.dag import Dag
 from ..bounds.dag_bounds import ReluView
-from ..bounds.float_error import row_error
+from ..bounds.float_error import dag_row_error, row_error
 from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
@@ -87,16 +87,23 @@ class _Checker:
         return xf if self.prop.violated_by(xf, y) else None
 
 
-def float32_region(graph: Graph, region: Region, onnx_path) -> tuple[Region, float]:
+def float32_region(graph: Graph | Dag, region: Region, onnx_path) -> tuple[Region, float]:
     """``region`` with each clause row's ``rhs`` raised by the bound on the float32 error of that row
-    of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error`, over CROWN bounds), so
-    that a margin proven above ``TAU`` holds for the float32 model; and the largest raise."""
+    of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error` over CROWN bounds for
+    chains, :func:`~vsbench.bounds.float_error.dag_row_error` otherwise), so that a margin proven above
+    ``TAU`` holds for the float32 model; and the largest raise."""
     if not region.clauses:
         return region, 0.0
-    lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
-    relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
-    err = row_error(onnx_path, region.lower, region.upper, np.concatenate([C for C, _ in region.clauses]),
-                    relu_bounds)
+    rows = np.concatenate([C for C, _ in region.clauses])
+    if isinstance(graph, Dag):
+        err = dag_row_error(graph, region.lower, region.upper, rows)
+    else:
+        lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
+        relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
+        try:
+            err = row_error(onnx_path, region.lower, region.upper, rows, relu_bounds)
+        except UnsupportedModel:  # a chain for the bound engines, but ONNX ops the backward walk lacks
+            err = dag_row_error(load_onnx(onnx_path), region.lower, region.upper, rows)
     ends = np.cumsum([len(rhs) for _, rhs in region.clauses])[:-1]
     clauses = [(C, rhs + e) for (C, rhs), e in zip(region.clauses, np.split(err, ends))]
     return Region(region.lower, region.upper, clauses), float(err.max(initial=0.0))
