@@ -74,7 +74,9 @@ def _row_stats(run_dir: Path) -> pd.DataFrame:
 
 def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
     """One row per candidate row: paired counts, difference with its interval, p-values, ``worse``
-    and ``why``. Accuracies and differences in %, ``tol`` as a fraction."""
+    and ``why``. Accuracies and differences in %, ``tol`` as a fraction (finite, >= 0)."""
+    if not (0 <= tol < float("inf")):
+        raise ValueError(f"--tol {100 * tol:g}: the tolerance must be a finite number of points >= 0")
     base_set, cand_set = image_set(base_dir), image_set(cand_dir)
     if base_set != cand_set:
         raise ValueError(f"{cand_dir}: drew different test images or eps than {base_dir} "
