@@ -1,5 +1,6 @@
 """External verifiers for real: maraboupy on tiny nets and mnistfc, VNN-COMP scripts as subprocesses."""
 
+import csv
 import gzip
 import os
 import time
@@ -18,6 +19,9 @@ from vsbench.spec.api import Instance, Property, Region
 from vsbench.verify.external import (AbcrownVerifier, MarabouVerifier, ResultFileError, VnncompToolVerifier,
                                      find_abcrown, read_result_file, write_result_file)
 from vsbench.onnx_io import confirm_counterexample
+from vsbench.report.vnncomp import write_vnncomp
+from vsbench.spec.vnnlib import read_vnnlib
+from vsbench.verify.runner import run_verification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,3 +233,76 @@ def test_abcrown_mnistfc(mnistfc_dir):
     assert confirm_counterexample(inst, v.cex)[0] is not None
     v = AbcrownVerifier().verify(Instance(inst.onnx, mnistfc_dir / "prop_0_0.03.vnnlib", 60), 60)
     assert v.status == "unsat", v.log
+
+
+def official_counterexample_check(ce_path, onnx_path, vnnlib_path, tol=1e-4):
+    """The VNN-COMP 2022+ scoring's counterexample rules, re-implemented: the file is ``((X_0 v) ... (Y_0 v))``
+    (newlines as spaces), X then Y indices in order; the inputs, cast to the model's input type and shape,
+    run in a fresh onnxruntime session must give the file's outputs within ``tol`` (L-inf), lie in an
+    input box of the property (within ``tol``) and meet one of its output clauses there."""
+    import onnx
+    import onnxruntime as ort
+
+    content = ce_path.read_text().replace("\n", " ").strip()
+    assert content[0] == "(" and content[-1] == ")"
+    values = {"X_": [], "Y_": []}
+    for part in content[1:-1].split(")"):
+        part = " ".join(part.split())
+        if not part:
+            continue
+        assert part[0] == "("
+        name, num = part[1:].strip().split(" ")
+        assert name[:2] in values and int(name[2:]) == len(values[name[:2]])
+        values[name[:2]].append(float(num))
+    model = onnx.load(str(onnx_path))
+    inp = model.graph.input[0]
+    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {inp.name: np.array(values["X_"], dtype=dtype).reshape(shape)})[0].ravel()
+    if not np.max(np.abs(y - np.array(values["Y_"]))) < tol:
+        return False
+    x, y_file = np.array(values["X_"]), np.array(values["Y_"])
+    for region in read_vnnlib(vnnlib_path).regions:
+        if np.all(x >= region.lower - tol) and np.all(x <= region.upper + tol):
+            if any(np.all(C @ y_file <= rhs + tol) for C, rhs in region.clauses):
+                return True
+    return False
+
+
+def test_vnncomp_run_and_competition_outputs(tmp_path, relu_onnx, monkeypatch):
+    """A probe tool on a gz benchmark through the runner: records carry the category and the uncharged
+    prepare time; ``write_vnncomp`` gives results.csv in the competition's six columns, a counterexample
+    file that the official check accepts, and the accumulated times."""
+    monkeypatch.setenv("VSBENCH_CACHE", str(tmp_path / "cache"))
+    bench = tmp_path / "relu-bench"
+    write_vnnlib(tmp_path / "sat.vnnlib", Property([y0_le_y1([0.5, 0.0], [1.0, 0.6])]))
+    write_vnnlib(tmp_path / "unsat.vnnlib", Property([y0_le_y1([0.5, 0.0], [1.0, 0.4])]))
+    gz_benchmark(bench, relu_onnx, (tmp_path / "sat.vnnlib").read_text(), 5)
+    (bench / "vnnlib" / "q.vnnlib.gz").write_bytes(gzip.compress((tmp_path / "unsat.vnnlib").read_bytes()))
+    with open(bench / "instances.csv", "a") as f:
+        f.write("onnx/relu.onnx.gz,vnnlib/q.vnnlib.gz,5\n")
+    tool = probe_tool(tmp_path / "tool", prepare_sleep=0.5)
+    (tool / "run_instance.sh").write_text(  # sat with a witness on p, unsat on q
+        'if [[ "$4" == */p.vnnlib ]]; then printf "sat\\n((X_0 0.5)\\n(X_1 0.55)\\n(Y_0 0.5)\\n(Y_1 0.55))\\n" > "$5";'
+        ' else echo unsat > "$5"; fi\n')
+    run = tmp_path / "run"
+    records = run_verification(read_instances(bench), f"vnncomp:{tool}", run, workers=1)
+    assert [r["status"] for r in records] == ["sat", "unsat"] and records[0]["cex_checked"]
+    assert all(r["category"] == "relu-bench" and r["prepare_s"] >= 0.5 for r in records)
+
+    (folder,) = write_vnncomp(run).values()
+    rows = list(csv.reader((folder / "results.csv").read_text().splitlines()))
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [
+        ("relu-bench", "onnx/relu.onnx.gz", "vnnlib/p.vnnlib.gz", "sat"),
+        ("relu-bench", "onnx/relu.onnx.gz", "vnnlib/q.vnnlib.gz", "unsat")]
+    assert all(float(r[3]) >= 0.5 and float(r[5]) == pytest.approx(rec["time_s"], abs=1e-3)
+               for r, rec in zip(rows, records))
+    (ce,) = (folder / "relu-bench").iterdir()
+    assert ce.name == "relu_p.counterexample"
+    assert official_counterexample_check(ce, relu_onnx, tmp_path / "sat.vnnlib")
+    assert not official_counterexample_check(ce, relu_onnx, tmp_path / "unsat.vnnlib")  # the check can fail
+    cactus = (folder / "cactus.csv").read_text().splitlines()
+    times = sorted(r["time_s"] for r in records)
+    assert cactus[0] == "solved,time_s,accumulated_s" and len(cactus) == 3
+    assert float(cactus[2].split(",")[2]) == pytest.approx(sum(times), abs=1e-3)

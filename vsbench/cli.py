@@ -171,6 +171,8 @@ def verify(
     memory_mb: Optional[int] = MEMORY,
     cores: int = typer.Option(1, "--cores", min=1, help="CPUs per instance (builtin: 2+ runs clause MILPs beside BaB)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON lines."),
+    category: Optional[str] = typer.Option(None, "--category", help="VNN-COMP category passed to a vnncomp: "
+                                           "tool's scripts (default: the benchmark folder's name)."),
 ):
     """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
     from vsbench.export.benchmark import read_instances
@@ -180,7 +182,7 @@ def verify(
 
     import pandas as pd
 
-    instances = read_instances(benchmark_dir, only=filter)
+    instances = read_instances(benchmark_dir, only=filter, category=category)
     check_inputs(instances)
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:
@@ -196,12 +198,21 @@ def verify(
 
 @app.command()
 @user_errors
-def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.jsonl).")):
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder (with records.jsonl)."),
+    vnncomp: bool = typer.Option(False, "--vnncomp", help="Also write RUN/vnncomp/VERIFIER/: results.csv, "
+                                 ".counterexample files and cactus.csv, in VNN-COMP's formats."),
+):
     """Rebuild the tables and plots of a run from its records alone."""
     from vsbench.pipeline import write_report
 
     if not (run_dir / "records.jsonl").is_file() and not (run_dir / "models.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir}: no records.jsonl or models.jsonl (not a vsbench run folder)")
+    if vnncomp:
+        from vsbench.report.vnncomp import write_vnncomp
+
+        for verifier, folder in write_vnncomp(run_dir).items():
+            console.print(f"{verifier}: {folder / 'results.csv'}")
     print_table(write_report(run_dir), str(run_dir))
     console.print(f"tables: {run_dir / 'tables'}")
 

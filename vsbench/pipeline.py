@@ -336,9 +336,11 @@ def check_inputs(instances) -> None:
 
     from vsbench.spec.vnnlib import read_vnnlib
 
+    from vsbench.gz import plain_path
+
     for path in sorted({Path(i.onnx) for i in instances}):
         try:
-            onnx.load(str(path))
+            onnx.load(str(plain_path(path)))  # .onnx.gz: its decompressed copy
         except Exception as exc:  # protobuf DecodeError, OSError, ...: all mean "not an ONNX model"
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     for path in sorted({Path(i.vnnlib) for i in instances}):
