@@ -146,12 +146,19 @@ def export(
     out: Optional[Path] = OUT,
     data_dir: Optional[Path] = DATA,
     vnncomp: Optional[Path] = typer.Option(None, "--vnncomp", help="Write the VNN-COMP benchmark folder here instead of RUN/benchmark."),
+    gzip: bool = typer.Option(False, "--gzip", help="With --vnncomp: write onnx/*.onnx.gz and vnnlib/*.vnnlib.gz."),
 ):
     """Export trained models to ONNX and their properties to VNN-LIB (+ instances.csv)."""
     from vsbench.pipeline import export_models
 
+    if gzip and vnncomp is None:
+        raise ValueError("--gzip needs --vnncomp DIR (the run's own benchmark folder stays uncompressed)")
     with _run_context(suite, profile, out, data_dir) as ctx:
         bench = export_models(ctx, vnncomp_dir=vnncomp)
+    if gzip:
+        from vsbench.export.benchmark import gzip_benchmark
+
+        gzip_benchmark(bench)
     console.print(f"benchmark: {vnncomp or bench}")
 
 
@@ -288,7 +295,10 @@ def check_benchmark(benchmark_dir: Path = typer.Argument(..., help="A VNN-COMP b
     """Validate a VNN-COMP benchmark folder: files, ONNX runs, VNN-LIB parses, sizes match, timeouts."""
     from vsbench.export.check import check_benchmark as check
 
-    problems = check(benchmark_dir)
+    warnings: list[str] = []
+    problems = check(benchmark_dir, warnings)
+    for w in warnings:
+        err_console.print(f"{benchmark_dir}: warning: {w}", markup=False, highlight=False)
     for p in problems:
         err_console.print(f"{benchmark_dir}: {p}", markup=False, highlight=False)
     if problems:

@@ -8,6 +8,7 @@ a row only for the images it classifies correctly; the others are listed in ``mi
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -134,6 +135,30 @@ from vsbench.export.benchmark import regenerate
 if __name__ == "__main__":
     regenerate(Path(__file__).resolve().parent, int(sys.argv[1]))
 '''
+
+
+def gzip_benchmark(bench_dir: str | Path) -> None:
+    """Compress ``onnx/*.onnx`` and ``vnnlib/*.vnnlib`` to ``.gz`` (as the VNN-COMP 2022+ repositories ship
+    them; byte-reproducible), pointing ``instances.csv``, ``properties.json`` and the manifest at them."""
+    out = Path(bench_dir)
+    plain = sorted([*out.glob("onnx/*.onnx"), *out.glob("vnnlib/*.vnnlib")])
+    for f in plain:
+        gz = f.with_name(f.name + ".gz")
+        tmp = gz.with_name(gz.name + ".tmp")
+        tmp.write_bytes(gzip.compress(f.read_bytes(), mtime=0))
+        os.replace(tmp, gz)
+        f.unlink()
+    renamed = {f.relative_to(out).as_posix(): f.relative_to(out).as_posix() + ".gz" for f in plain}
+    rows = [[renamed.get(c, c) for c in row] for row in csv.reader((out / "instances.csv").read_text().splitlines())]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    _write_text(out / "instances.csv", buf.getvalue())
+    info = json.loads((out / "properties.json").read_text())
+    info["properties"] = {renamed.get(k, k): v for k, v in info["properties"].items()}
+    _write_text(out / "properties.json", json.dumps(info, indent=1) + "\n")
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    write_manifest(out / "manifest.json", {**config, "gzip": True},
+                   [out / renamed[k] for k in renamed] + [out / "instances.csv"])
 
 
 def _write_text(path: Path, text: str) -> None:
