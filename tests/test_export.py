@@ -15,7 +15,13 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from vsbench.bounds.graph import from_onnx
-from vsbench.export.benchmark import BenchmarkError, choose_indices, read_instances, regenerate, write_benchmark
+from vsbench.export.benchmark import (
+    BenchmarkError,
+    choose_indices,
+    read_instances,
+    regenerate,
+    write_benchmark,
+)
 from vsbench.export.onnx import OPSET, ExportError, export_onnx, onnx_stats
 from vsbench.nets import ARCHS, BN_SUFFIX, build_net, list_nets
 from vsbench.onnx_io import run_onnx

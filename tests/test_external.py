@@ -13,14 +13,19 @@ from torch import nn
 
 from vsbench.export.benchmark import read_instances
 from vsbench.export.onnx import export_onnx
-from vsbench.onnx_io import run_onnx
-from vsbench.spec.vnnlib import write_vnnlib
-from vsbench.spec.api import Instance, Property, Region
-from vsbench.verify.external import (AbcrownVerifier, MarabouVerifier, ResultFileError, VnncompToolVerifier,
-                                     find_abcrown, read_result_file, write_result_file)
-from vsbench.onnx_io import confirm_counterexample
+from vsbench.onnx_io import confirm_counterexample, run_onnx
 from vsbench.report.vnncomp import write_vnncomp
-from vsbench.spec.vnnlib import read_vnnlib
+from vsbench.spec.api import Instance, Property, Region
+from vsbench.spec.vnnlib import read_vnnlib, write_vnnlib
+from vsbench.verify.external import (
+    AbcrownVerifier,
+    MarabouVerifier,
+    ResultFileError,
+    VnncompToolVerifier,
+    find_abcrown,
+    read_result_file,
+    write_result_file,
+)
 from vsbench.verify.runner import run_verification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +191,7 @@ def test_vnncomp_tool_killed_at_timeout_plus_grace(tmp_path):
     assert v.status == "timeout" and time.monotonic() - t0 >= 3 and "killed" in v.log
     time.sleep(0.2)
     status = f"/proc/{int(pidfile.read_text())}/status"
-    assert not os.path.exists(status) or "zombie" in open(status).read()  # the child is dead too
+    assert not os.path.exists(status) or "zombie" in Path(status).read_text()  # the child is dead too
     (tmp_path / "run_instance.sh").write_text("echo broken >&2; exit 3\n")
     v = VnncompToolVerifier(tmp_path).verify(Instance(tmp_path / "m.onnx", tmp_path / "p.vnnlib", 5), 5)
     assert v.status == "error" and "exited 3" in v.log and "broken" in v.log
@@ -264,9 +269,9 @@ def official_counterexample_check(ce_path, onnx_path, vnnlib_path, tol=1e-4):
         return False
     x, y_file = np.array(values["X_"]), np.array(values["Y_"])
     for region in read_vnnlib(vnnlib_path).regions:
-        if np.all(x >= region.lower - tol) and np.all(x <= region.upper + tol):
-            if any(np.all(C @ y_file <= rhs + tol) for C, rhs in region.clauses):
-                return True
+        inside = np.all(x >= region.lower - tol) and np.all(x <= region.upper + tol)
+        if inside and any(np.all(C @ y_file <= rhs + tol) for C, rhs in region.clauses):
+            return True
     return False
 
 

@@ -8,7 +8,6 @@ a row only for the images it classifies correctly; the others are listed in ``mi
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import os
@@ -18,9 +17,9 @@ import numpy as np
 
 from vsbench.export.onnx import export_onnx
 from vsbench.onnx_io import run_onnx
+from vsbench.spec.api import Instance
 from vsbench.spec.vnnlib import robustness_property, write_vnnlib
 from vsbench.store import write_manifest
-from vsbench.spec.api import Instance
 
 
 class BenchmarkError(ValueError):

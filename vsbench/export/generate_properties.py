@@ -75,13 +75,12 @@ def vnnlib_text(x, label, eps, n_classes, comment):
     """L-inf robustness at ``x`` (clipped to [0, 1]) in the VNN-COMP layout, as vsbench writes it."""
     lo, hi = np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0)
     lines = ["; " + comment, ""]
-    lines += ["(declare-const X_%d Real)" % i for i in range(x.size)] + [""]
-    lines += ["(declare-const Y_%d Real)" % j for j in range(n_classes)] + [""]
+    lines += [f"(declare-const X_{i} Real)" for i in range(x.size)] + [""]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_classes)] + [""]
     lines += ["; Input constraints:"]
-    lines += ["(assert (<= X_%d %s))\n(assert (>= X_%d %s))" % (i, num(h), i, num(l))
-              for i, (l, h) in enumerate(zip(lo, hi))]
+    lines += [f"(assert (<= X_{i} {num(h)}))\n(assert (>= X_{i} {num(l)}))" for i, (l, h) in enumerate(zip(lo, hi))]
     lines += ["", "; Output constraints:", "(assert (or"]
-    lines += ["    (and (>= Y_%d Y_%d))" % (j, label) for j in range(n_classes) if j != label] + ["))"]
+    lines += [f"    (and (>= Y_{j} Y_{label}))" for j in range(n_classes) if j != label] + ["))"]
     return "\n".join(lines) + "\n"
 
 
@@ -119,17 +118,16 @@ def main(argv):
     props = {}
     for i in indices:
         x = (images[i].astype(np.float32) / np.float32(255)).astype(np.float64).ravel()
-        label, rel = int(labels[i]), "vnnlib/prop_%d_eps%s.vnnlib" % (i, format(eps, "g"))
+        label, rel = int(labels[i]), f"vnnlib/prop_{i}_eps{eps:g}.vnnlib"
         props[i] = (label, rel)
-        comment = "vsbench local robustness: test image %d, label %d, L-inf eps %s clipped to [0, 1]" % (
-            i, label, format(eps, "g"))
+        comment = f"vsbench local robustness: test image {i}, label {label}, L-inf eps {eps:g} clipped to [0, 1]"
         write(os.path.join(HERE, rel), vnnlib_text(x, label, eps, predictions["n_classes"], comment))
     rows, wrong = [], {}
     for name in names:
         wrong[name] = []
         for i, (label, rel) in props.items():
             if int(predictions["predicted"][name][i]) == label:
-                rows.append(("onnx/%s.onnx" % name, rel, format(timeout, "g")))
+                rows.append((f"onnx/{name}.onnx", rel, f"{timeout:g}"))
             else:
                 wrong[name].append(i)
     info.update({"n": len(props), "indices": list(props)})
