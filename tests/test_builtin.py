@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper
 
 from vsbench.bounds.crown import crown_bounds
-from vsbench.bounds.graph import Graph
+from vsbench.bounds.graph import Graph, ReLU
 from vsbench.spec.api import Deadline, Instance, Property, Region
 from vsbench.verify import builtin
 from vsbench.verify.builtin import BuiltinVerifier, simplify, verify_property
@@ -126,3 +126,49 @@ def test_mnistfc_reference_verdicts(net, vnnlib):
     net, vnnlib = f"{net}.onnx", f"{vnnlib}.vnnlib"
     v = BuiltinVerifier().verify(Instance(MNISTFC / net, MNISTFC / vnnlib, 60), 60)
     assert v.status == ref[(net, vnnlib)], v.log
+
+
+@pytest.mark.parametrize("final_relu", [False, True])
+def test_dag_path_never_contradicts_milp(final_relu, monkeypatch):
+    """The DAG path (forced with DENSE_LIMIT = 0: BaB on the DAG, no MILP) and, for a ReLU after the
+    output layer, the dense path too, against the exact MILP of the same net."""
+    torch.set_num_threads(1)
+    counts = {"sat": 0, "unsat": 0}
+    for seed in range(24):
+        layers, region = _problem(seed)
+        g = Graph.from_dense(layers)
+        if final_relu:
+            g = Graph([*g.ops, ReLU()], g.in_shape)
+            region.clauses = [(C, rhs + 0.5) for C, rhs in region.clauses]  # some can be met on relu outputs
+        truth = _truth(g.dense_layers(), region)
+        for limit in ((0, builtin.DENSE_LIMIT) if final_relu else (0,)):
+            monkeypatch.setattr(builtin, "DENSE_LIMIT", limit)
+            v = verify_property(g, Property([region]), Deadline(20))
+            assert v.status in ("sat", "unsat", "unknown", "timeout"), (seed, v.status, v.log)
+            if v.status == "sat":
+                assert Property([region]).violated_by(v.cex, g.forward(torch.as_tensor(v.cex)[None]).numpy())
+            if v.status in ("sat", "unsat"):
+                assert truth in (None, v.status), (seed, v.status, truth, v.log)
+                counts[v.status] += 1
+    assert counts["sat"] > 2 and counts["unsat"] > 2, counts
+
+
+BENCH = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks"))
+
+
+@pytest.mark.parametrize("bench,onnx_file,vnnlib", [
+    ("verivital", "Convnet_maxpool.onnx", "specs/maxpool_specs/prop_0_0.004.vnnlib"),
+    ("verivital", "Convnet_avgpool.onnx", "specs/avgpool_specs/prop_10_0.02.vnnlib"),
+    ("cifar10_resnet", "onnx/resnet_2b.onnx", "vnnlib_properties_pgd_filtered/resnet2b_pgd_filtered/prop_2_eps_0.008.vnnlib"),
+    ("marabou-cifar10", "nets/cifar10_small.onnx", "specs/networkcifar10_small_index1783_eps0.024_target9_orig8.vnnlib"),
+])
+def test_vnncomp_dag_reference_verdicts(bench, onnx_file, vnnlib):
+    """Instances of the benchmarks with pools, residual joins and NHWC inputs agree with the 2021 reference."""
+    folder = BENCH / f"vnncomp2021-{bench}"
+    if not folder.exists():
+        pytest.skip(f"{folder} not available")
+    torch.set_num_threads(1)
+    ref = {(Path(r["onnx"]).as_posix().lstrip("./"), Path(r["vnnlib"]).as_posix().lstrip("./")): r["verdict"]
+           for r in csv.DictReader((folder / "reference_verdicts.csv").open())}
+    v = BuiltinVerifier().verify(Instance(folder / onnx_file, folder / vnnlib, 60), 60)
+    assert v.status == ref[(onnx_file, vnnlib)], v.log

@@ -38,7 +38,25 @@ def test_smoke_summary_has_all_methods(smoke_run):
     assert set(table["method"]) == METHODS
     for ext in ("md", "tex"):
         assert (out / "tables" / f"summary.{ext}").stat().st_size > 0
-    assert (out / "plots" / "verified_acc_vs_sparsity.png").is_file()
+    # in every row: verified <= PGD <= clean (PGD and verified are over the N drawn images, clean
+    # over the whole test set, so PGD is compared with the clean accuracy on those same N images)
+    assert (table["verified lo"] <= table["verified acc"]).all()
+    assert (table["verified acc"] <= table["verified hi"]).all()
+    assert (table["verified acc"] <= table["verified upper"]).all()
+    assert (table["verified acc"] <= table["PGD acc"]).all()
+    misclassified = json.loads((out / "benchmark" / "misclassified.json").read_text())
+    for m in read_records(out / "models.jsonl"):
+        assert round(m["pgd_acc"] * m["n_properties"]) <= m["n_properties"] - len(misclassified[m["model"]])
+        assert len(m["history"]) >= 6
+        assert {"heldout_clean_acc", "heldout_ibp_acc", "loss", "lr"} <= m["history"][-1].keys()
+
+
+@pytest.mark.slow
+def test_smoke_writes_every_plot(smoke_run):
+    out, _ = smoke_run
+    for stem in ("verified_acc_vs_sparsity", "pareto", "training", "cactus_builtin"):
+        for ext in ("pdf", "png"):
+            assert (out / "plots" / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
 
 
 @pytest.mark.slow

@@ -226,7 +226,9 @@ def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
     """The adapter's YAML and result parsing, run against a stand-in abcrown.py (a real subprocess)."""
     (tmp_path / "abcrown.py").write_text(STAND_IN)
     monkeypatch.setenv("ABCROWN_PATH", str(tmp_path))
-    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, tmp_path / "p.vnnlib", 7), 7)
+    vnnlib = tmp_path / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
+    write_vnnlib(vnnlib, Property([Region(np.zeros(2), np.ones(2), [(np.array([[-1.0, 1.0]]), np.zeros(1))])]))
+    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, vnnlib, 7), 7)
     assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0" in v.log
 
 

@@ -39,3 +39,15 @@ def test_milp_matches_grid_and_bounds(seed):
         assert t_x <= 1e-6 and abs(t_x - lb) < 1e-5  # the optimum is attained at the returned point
         assert lb <= t_grid + 1e-6 and t_grid - lb < 0.05  # grid spacing 1/300, small Lipschitz constant
         assert np.all(x >= -1 - 1e-9) and np.all(x <= 1 + 1e-9)
+
+
+def test_big_m_rows_tolerate_bounds_rounded_too_tight():
+    """Pre-activation bounds a rounding error too tight (1 - 5e-8 for a true maximum of 1) must not turn
+    a property that is violated exactly at that maximum into ``unsat``: the big-M rows use the widened
+    bounds as well as the variable bounds (a large outgoing weight makes the gap exceed ``TAU``)."""
+    one = lambda v: torch.tensor([[v]], dtype=torch.float64)  # noqa: E731
+    layers = [(one(1.0), torch.zeros(1, dtype=torch.float64)), (one(-1000.0), torch.zeros(1, dtype=torch.float64))]
+    bounds = [(torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0 - 5e-8], dtype=torch.float64))]
+    # violated where -1000 relu(x) <= -1000, i.e. only at x = 1
+    status, x, lb = milp_clause(layers, -torch.ones(1), torch.ones(1), bounds, np.array([[1.0]]), np.array([-1000.0]), 10)
+    assert status == "sat" and abs(float(x[0]) - 1.0) < 1e-6, (status, lb)

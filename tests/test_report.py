@@ -1,8 +1,13 @@
 """Tables are pure functions of records."""
 
+import re
 from pathlib import Path
 
-from vsbench.report.tables import COLUMNS, summary
+import pandas as pd
+import pytest
+
+from vsbench.report.stats import clopper_pearson
+from vsbench.report.tables import COLUMNS, summary, write_tables
 from vsbench.store import finished_keys, read_records, write_records
 
 
@@ -25,17 +30,6 @@ def make_run(folder: Path, verified: dict[tuple[str, int], int], n: int = 10) ->
     return folder
 
 
-def test_summary_counts_and_columns(tmp_path):
-    run = make_run(tmp_path, {("dense", 0): 7, ("dense", 1): 5})
-    df = summary(run)
-    assert list(df.columns) == COLUMNS
-    row = df.iloc[0]
-    assert row["verified acc"] == 60.0  # mean of 70 % and 50 %
-    assert row["sat / unsat / timeout"] == "8 / 12 / 0" and row["unknown"] == row["error"] == 0
-    assert row["verifier"] == "builtin"
-    assert row["verify s (total, median)"] == "55.0, 5.50"
-
-
 def test_second_verifier_gets_its_own_rows_and_duplicates_count_once(tmp_path):
     run = make_run(tmp_path, {("dense", 0): 7})
     first = summary(run)
@@ -45,7 +39,7 @@ def test_second_verifier_gets_its_own_rows_and_duplicates_count_once(tmp_path):
     both = summary(run).set_index("verifier")
     assert both.loc[["builtin"]].reset_index()[COLUMNS].equals(first)  # the first verifier's row is unchanged
     assert both.loc["marabou", "error"] == 10 and both.loc["marabou", "verified acc"] == 0.0
-    assert both.loc["builtin", "sat / unsat / timeout"] == "3 / 7 / 0"
+    assert tuple(both.loc["builtin", ["sat", "unsat", "timeout"]]) == (3, 7, 0)
     assert (both["verified acc"] <= both["clean acc"]).all() and (both["verified acc"] <= both["PGD acc"]).all()
 
 
@@ -56,4 +50,36 @@ def test_latest_verdict_of_a_slot_counts(tmp_path):
     write_records(run / "records.jsonl", records + rerun)  # same files, a longer timeout: verified again
     assert len(finished_keys(read_records(run / "records.jsonl"))) == 10
     row = summary(run).iloc[0]
-    assert row["verified acc"] == 80.0 and row["sat / unsat / timeout"] == "0 / 8 / 2"
+    assert row["verified acc"] == 80.0 and (row["sat"], row["unsat"], row["timeout"]) == (0, 8, 2)
+    assert row["verified upper"] == 100.0  # nothing refuted: the timeouts may still be robust
+
+
+def test_summary_counts_intervals_and_columns(tmp_path):
+    run = make_run(tmp_path, {("dense", 0): 7, ("dense", 1): 5})
+    df = summary(run)
+    assert list(df.columns) == COLUMNS
+    row = df.iloc[0]
+    assert row["verified acc"] == 60.0 and row["seeds"] == 2 and row["N"] == 10  # mean of 70 % and 50 %
+    assert (row["sat"], row["unsat"], row["timeout"]) == (8, 12, 0)
+    lo, hi = clopper_pearson(12, 20)  # the seeds' images pooled
+    assert (row["verified lo"], row["verified hi"]) == pytest.approx((100 * lo, 100 * hi))
+    assert row["verified sd"] == pytest.approx(100 * 0.2 / 2 ** 0.5)  # sample sd of 0.7 and 0.5
+    assert row["verified upper"] == 60.0  # every other image was refuted (sat)
+    assert (row["verify s"], row["verify s median"]) == (55.0, 5.5)
+
+
+def test_every_column_but_the_row_key_is_numeric(tmp_path):
+    df = summary(make_run(tmp_path, {("dense", 0): 7, ("verisparse", 0): 4}))
+    for col in df.columns:
+        assert pd.api.types.is_numeric_dtype(df[col]) == (col not in ("arch", "method", "verifier")), col
+
+
+def test_latex_markdown_csv_are_formatted(tmp_path):
+    df = summary(make_run(tmp_path / "run", {("dense", 0): 7}))
+    csv, md, tex = write_tables(df, tmp_path / "tables")
+    text = tex.read_text()
+    assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
+    assert " & 70.0 & " in text and "77.6000" not in text and "0.90" in text  # 1 decimal, sparsity 2
+    assert re.search(r"\|\s+70\.0\s+\|", md.read_text()) and "nan" not in md.read_text()
+    back = pd.read_csv(csv)
+    assert list(back.columns) == COLUMNS and back.loc[0, "verified acc"] == 70.0

@@ -51,6 +51,18 @@ def test_malformed_checkpoints_name_the_file(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_huge_declared_layer_is_refused_before_allocating(tmp_path):
+    """A manifest declaring a 10^6 x 10^6 layer (4 TB) beside a small checkpoint with the right hash:
+    one ValueError naming the manifest, before anything of that size is allocated."""
+    save_checkpoint(tmp_path, build_net("mlp-2x100", "mnist"), {})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    linear = next(i for i, d in enumerate(manifest["layers"]) if d["type"] == "linear")
+    manifest["layers"][linear].update({"in": 10**6, "out": 10**6})
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"manifest\.json: layer \d+ declares a 1000000x1000000 weight"):
+        load_checkpoint(tmp_path)
+
+
 def test_accuracy_helpers_are_ordered(data_dir):
     torch.manual_seed(0)
     x, y = load_dataset("mnist", "test", data_dir, limit=200)

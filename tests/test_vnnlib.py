@@ -101,6 +101,8 @@ BOX = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
     (BOX + "(declare-const X_1 Real) (assert (>= X_1 0)) (assert (<= X_1 1)) (assert (<= X_0 (+ X_1 1)))\n", 6,
      "only bounds on single input variables"),
     (BOX.replace("0))", "2))", 1) + "(assert (<= Y_0 Y_1))\n", 1, "X_0 has an empty range"),
+    (BOX + "(assert (<= Y_0 1e999))\n", 6, "number 1e999 is out of range"),
+    (BOX.replace("(<= X_0 1)", "(<= X_0 1e999)"), 5, "number 1e999 is out of range"),
 ])
 def test_malformed(tmp_path, body, line, problem):
     f = tmp_path / "bad.vnnlib"
@@ -114,6 +116,14 @@ def test_deep_nesting(tmp_path):
     f = tmp_path / "deep.vnnlib"
     f.write_text(HEAD + BOX + "(assert (<= Y_0 " + "(+ " * 5000 + "1" + ")" * 5000 + "))\n")
     with pytest.raises(VnnlibError, match="nested too deeply"):
+        read_vnnlib(f)
+
+
+def test_deep_nesting_at_top_level(tmp_path):
+    """Parentheses nested 100000 deep outside any assert: one VnnlibError, not a RecursionError."""
+    f = tmp_path / "deep.vnnlib"
+    f.write_text(HEAD + "(" * 100_000 + ")" * 100_000 + "\n")
+    with pytest.raises(VnnlibError, match="expected \\(declare-const"):
         read_vnnlib(f)
 
 

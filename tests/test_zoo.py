@@ -3,6 +3,7 @@ neurons), its ONNX file holds exactly the counted nonzero parameters and FLOPs, 
 round-trips, and the built-in verifier's verdicts on it hold up (a ``sat`` replays in
 onnxruntime, an ``unsat`` survives sampling the box)."""
 
+import importlib.util
 from functools import cache
 
 import numpy as np
@@ -19,8 +20,10 @@ from vsbench.nets import GraftReLU, build_net
 from vsbench.onnx_io import confirm_counterexample, run_onnx
 from vsbench.spec.api import Instance
 from vsbench.spec.vnnlib import robustness_property, write_vnnlib
+from vsbench.suites import load_suite
 from vsbench.train.checkpoint import load_checkpoint, save_checkpoint
 from vsbench.train.loop import TrainConfig, train
+from vsbench.train.methods import list_methods
 from vsbench.train.methods.linearity_graft import initial_line
 from vsbench.train.methods.lowrank import choose_components
 from vsbench.train.sparsity import prunable
@@ -30,6 +33,12 @@ ZOO = {"snip": {"prune", "train"}, "lottery": {"pretrain", "prune", "retrain"},
        "stability-prune": {"pretrain", "prune", "finetune"}, "slimming": {"train", "prune", "finetune"},
        "lowrank": {"pretrain", "rank", "finetune"}, "linearity-graft": {"pretrain", "graft", "finetune"}}
 TARGET = 0.9
+
+
+def test_zoo_suite_runs_every_method_at_three_levels():
+    suite = load_suite("mnist-eps0.3-zoo")
+    assert {m.name for m in suite.methods} == {m for m in list_methods() if not m.startswith("test-")}
+    assert all(m.sparsity == [0.5, 0.9, 0.99] for m in suite.methods if m.name != "dense")
 
 
 @cache
@@ -127,7 +136,7 @@ def test_initial_line_sits_between_chord_and_tangent():
     assert slope.tolist() == [0.75, 0.0, 1.0] and icpt.tolist() == [0.375, 0.0, 0.0]
 
 
-def _verify_instances(method: str, tmp_path, n: int = 3):
+def _verify_instances(method: str, tmp_path, radii=(0.002, 0.2), n: int = 3):
     from vsbench.verify.builtin import BuiltinVerifier
 
     path = export_onnx(trained(method).model, (1, 28, 28), tmp_path / f"{method}.onnx")
@@ -136,7 +145,7 @@ def _verify_instances(method: str, tmp_path, n: int = 3):
     for i in range(n):
         x = images[i * 7].numpy().astype(np.float32).ravel()
         label = int(np.argmax(run_onnx(path, x)))
-        for eps in (0.002, 0.2):
+        for eps in radii:
             vnn = tmp_path / f"p{i}_{eps}.vnnlib"
             write_vnnlib(vnn, robustness_property(x, label, eps, 10))
             inst = Instance(path, vnn, 20)
@@ -157,11 +166,13 @@ def _verify_instances(method: str, tmp_path, n: int = 3):
 @pytest.mark.parametrize("method", sorted(set(ZOO) - {"linearity-graft"}))
 def test_builtin_verifier_verdicts_hold_up(method, tmp_path):
     seen = _verify_instances(method, tmp_path)
-    assert "unsat" in seen  # eps 0.002 is provable on every one of these nets
+    assert {"sat", "unsat"} <= set(seen)  # eps 0.002 is provable on these barely trained nets, 0.2 is not
 
 
-@pytest.mark.xfail(strict=True, reason="the built-in verifier's ONNX import reads chains only; the DAG import "
-                   "(Relu, Mul, Add of two branches) is under way (issue 15)")
+@pytest.mark.skipif(importlib.util.find_spec("vsbench.bounds.onnx_ops") is None,
+                    reason="the built-in verifier reads ONNX chains only until its DAG import lands (issue 15)")
 def test_builtin_verifier_reads_the_grafted_export(tmp_path):
-    seen = _verify_instances("linearity-graft", tmp_path)
-    assert "unsat" in seen
+    """The grafted export's Relu / Mul / Add branches are read as a DAG (no BaB there yet, so the
+    large radius is one PGD refutes)."""
+    seen = _verify_instances("linearity-graft", tmp_path, radii=(0.002, 0.8))
+    assert {"sat", "unsat"} <= set(seen)

@@ -116,7 +116,7 @@ def run(
         export_models(ctx)
         verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb)
         df = write_report(ctx.run_dir)
-    print_table(df, f"{ctx.suite.name} ({ctx.profile_name})")
+    print_table(df.round(2), f"{ctx.suite.name} ({ctx.profile_name})")
     console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
 
 
@@ -220,7 +220,7 @@ def report(
 
         for verifier, folder in write_vnncomp(run_dir).items():
             console.print(f"{verifier}: {folder / 'results.csv'}")
-    print_table(write_report(run_dir), str(run_dir))
+    print_table(write_report(run_dir).round(2), str(run_dir))
     console.print(f"tables: {run_dir / 'tables'}")
 
 

@@ -1,4 +1,5 @@
-"""Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten.
+"""Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten (and, after
+some sparsifiers, bias-free Linear / Conv2d factors and :class:`GraftReLU`).
 
 Input normalisation is the first layer, so models take pixel-scale inputs in [0, 1]. Each name
 with ``-bn`` appended (e.g. ``cnn-small-bn``) adds a BatchNorm after every hidden Linear / Conv2d,
@@ -165,16 +166,14 @@ def describe_layers(model: nn.Sequential) -> list[dict]:
     Linear / Conv2d without bias, e.g. the first factor of a low-rank layer)."""
     out = []
     for m in model:
-        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is None:
-            out.append({**describe_layers(nn.Sequential(_with_bias(m)))[0], "bias": False})
-            continue
+        no_bias = {"bias": False} if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is None else {}
         if isinstance(m, Normalize):
             out.append({"type": "normalize", "mean": m.mean.tolist(), "std": m.std.tolist()})
         elif isinstance(m, nn.Conv2d):
             out.append({"type": "conv", "in": m.in_channels, "out": m.out_channels, "kernel": m.kernel_size[0],
-                        "stride": m.stride[0], "padding": m.padding[0]})
+                        "stride": m.stride[0], "padding": m.padding[0], **no_bias})
         elif isinstance(m, nn.Linear):
-            out.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+            out.append({"type": "linear", "in": m.in_features, "out": m.out_features, **no_bias})
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             dims = 1 if isinstance(m, nn.BatchNorm1d) else 2
             out.append({"type": "batchnorm", "features": m.num_features, "dims": dims})
@@ -187,13 +186,6 @@ def describe_layers(model: nn.Sequential) -> list[dict]:
         else:
             raise ValueError(f"cannot describe layer {type(m).__name__}")
     return out
-
-
-def _with_bias(m: nn.Linear | nn.Conv2d) -> nn.Module:
-    """A same-shaped layer with a bias (to describe a bias-free one)."""
-    if isinstance(m, nn.Linear):
-        return nn.Linear(m.in_features, m.out_features)
-    return nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
 
 
 def hidden_widths(model: nn.Sequential) -> list[int]:

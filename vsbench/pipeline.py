@@ -295,6 +295,7 @@ def export_models(ctx: RunContext, vnncomp_dir: Path | None = None) -> Path:
                 "train_s": sum(manifest["phases"].values()),
                 "phases": manifest["phases"],
                 "actual_sparsity": manifest.get("sparsity"),
+                "history": manifest.get("history", []),
             })
             progress("export", n + 1, len(jobs))
     bench = vnncomp_dir or ctx.benchmark_dir
@@ -350,11 +351,15 @@ def check_inputs(instances) -> None:
 def write_report(run_dir: Path):
     """Tables (CSV / Markdown / LaTeX) and plots from the run's records; returns the summary."""
     from vsbench.report.plots import write_plots
-    from vsbench.report.tables import load_frames, per_model, summary, write_tables
+    from vsbench.report.tables import benchmark_summary, load_frames, per_model, summarize, write_tables
 
-    df = summary(run_dir)
-    write_tables(df, Path(run_dir) / "tables")
     records, models = load_frames(run_dir)
-    if not models.empty:
-        write_plots(per_model(records, models), Path(run_dir) / "plots")
+    if models.empty:  # a plain benchmark folder (`vsbench verify`)
+        df = benchmark_summary(records)
+        write_tables(df, Path(run_dir) / "tables")
+        return df
+    rows = per_model(records, models)
+    df = summarize(rows)
+    write_tables(df, Path(run_dir) / "tables")
+    write_plots(df, rows, models, records, Path(run_dir) / "plots")
     return df

@@ -26,6 +26,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _sparsity_levels(levels: list[float] | None) -> list[float] | None:
+    if levels is not None and (not levels or any(not 0.0 <= s < 1.0 for s in levels)):
+        raise ValueError("sparsity levels must be a non-empty list of numbers in [0, 1)")
+    return levels
+
+
 class MethodSpec(Strict):
     name: str
     sparsity: list[float] = Field(default_factory=lambda: [0.0])
@@ -34,29 +40,32 @@ class MethodSpec(Strict):
     @field_validator("sparsity")
     @classmethod
     def _in_unit_interval(cls, levels: list[float]) -> list[float]:
-        if not levels or any(not 0.0 <= s < 1.0 for s in levels):
-            raise ValueError("sparsity levels must be a non-empty list of numbers in [0, 1)")
-        return levels
+        return _sparsity_levels(levels)
 
 
 class Profile(Strict):
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields (epochs, n_train, ...)
     properties: int = Field(gt=0)  # test images drawn for verification
-    timeout: float = Field(gt=0)  # seconds per verification instance
-    archs: list[str] | None = None  # overrides Suite.archs
+    timeout: float = Field(gt=0, allow_inf_nan=False)  # seconds per verification instance
+    archs: list[str] | None = Field(None, min_length=1)  # overrides Suite.archs
     sparsity: list[float] | None = None  # overrides every sparse method's levels
-    seeds: list[int] | None = None
+    seeds: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _in_unit_interval(cls, levels: list[float] | None) -> list[float] | None:
+        return _sparsity_levels(levels)
 
 
 class Suite(Strict):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names run folders: no '/' or leading '.'
     description: str = ""
     dataset: str
     eps: float = Field(gt=0, le=1)
     train_eps: float | None = None
-    archs: list[str]
-    methods: list[MethodSpec]
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    archs: list[str] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     verifier: str = "builtin"
     property_seed: int = 0
     profiles: dict[str, Profile]
@@ -125,13 +134,18 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def _check_names(suite: Suite, path: Path) -> None:
-    """Dataset, architectures, methods and training settings must exist, and every method must
-    accept its options on every profile and architecture."""
+    """Verifier, dataset, architectures, methods and training settings must exist, and every method
+    must accept its options on every profile and architecture."""
     from vsbench.data import DATASETS
     from vsbench.nets import list_nets
     from vsbench.train.loop import TrainConfig
     from vsbench.train.methods import list_methods
+    from vsbench.verify.registry import get_verifier
 
+    try:
+        get_verifier(suite.verifier)
+    except ValueError as exc:
+        raise SuiteError(f"{path}: verifier: {exc}") from None
     if suite.dataset not in DATASETS:
         raise SuiteError(f"{path}: unknown dataset '{suite.dataset}' (known: {', '.join(DATASETS)})")
     for profile_name, profile in suite.profiles.items():

@@ -62,7 +62,10 @@ def backward(
     coefficient of the ReLU ``k`` output and ``lams[-1]`` that of the input (only when ``keep``; used
     for branching and for the box corner that minimises the linear bound). ``relaxed``: the
     :func:`relax` of every ``intermediate`` pair, when the caller reuses them over many passes.
+    A graph with its own ``relu_backward`` (:class:`vsbench.bounds.dag_bounds.ReluView`) runs that.
     """
+    if hasattr(graph, "relu_backward"):
+        return graph.relu_backward(lower, upper, C, intermediate, slopes, extra, keep, relaxed)
     lo, hi = _flat(lower), _flat(upper)
     A = C
     bias = C.new_zeros(C.shape[:2])

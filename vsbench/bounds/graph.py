@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -285,10 +284,21 @@ class Graph:
                 continue
             W, b = op.dense()
             current = (W, b) if current is None else (W @ current[0], W @ current[1] + b)
-        if current is None:
-            raise UnsupportedModel("the network must end with an affine layer")
+        if current is None:  # a ReLU after the output layer: an identity layer after it
+            n = layers[-1][0].shape[0]
+            current = (torch.eye(n, dtype=layers[-1][0].dtype), layers[-1][0].new_zeros(n))
         layers.append(current)
         return layers
+
+    def dense_size(self) -> int:
+        """Entries of :meth:`dense_layers`'s matrices, without building them."""
+        total, n_in, n_out = 0, self.n_in, self.n_in
+        for op in self.ops:
+            if isinstance(op, ReLU):
+                total, n_in = total + n_in * n_out, n_out
+            else:
+                n_out = op.n_out
+        return total + n_in * n_out
 
     @staticmethod
     def from_dense(layers: list[tuple[torch.Tensor, torch.Tensor]], in_shape=None) -> "Graph":
@@ -320,8 +330,8 @@ def batchnorm_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
 def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
     """Graph of a sequential torch model. Ops reference the live (differentiable) weights.
 
-    Supports Linear, Conv2d, ReLU, grafted ReLU (``graft()``), Flatten, BatchNorm1d/2d (running statistics in eval mode,
-    :class:`BatchNormTrain` in training mode) and any module
+    Supports Linear, Conv2d, ReLU, grafted ReLU (a module with ``graft()``), Flatten,
+    BatchNorm1d/2d (running statistics in eval mode, :class:`BatchNormTrain` in training mode) and any module
     with an ``affine_scale(shape) -> (a, b)`` method (e.g. :class:`vsbench.nets.Normalize`).
     """
     shape = tuple(in_shape)
@@ -363,124 +373,17 @@ def from_torch(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
 
 # --------------------------------------------------------------------------- ONNX
 
-ONNX_OPS = {
-    "Gemm", "MatMul", "Add", "Sub", "Div", "Mul", "Conv", "Relu", "Flatten", "Reshape",
-    "BatchNormalization", "Constant",
-}
-
-
-def _attrs(node) -> dict:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
 
 def from_onnx(path: str | Path, dtype=torch.float64) -> Graph:
-    """Graph of a sequential ONNX model (one input, one output, a chain of supported ops).
+    """Chain graph of an ONNX model (read by :func:`vsbench.bounds.onnx_ops.load_onnx`).
 
-    Raises :class:`UnsupportedModel` naming the first unsupported operator or structure,
-    and ``ValueError`` if the file is not a readable ONNX model.
+    Raises :class:`UnsupportedModel` if the model is not a chain of affine layers and ReLUs (the
+    DAG engines of :mod:`vsbench.bounds.dag_bounds` take any model ``load_onnx`` reads), and
+    ``ValueError`` if the file is not a readable ONNX model.
     """
-    import onnx
-    from onnx import numpy_helper
+    from .onnx_ops import load_onnx
 
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError, google.protobuf errors, OSError, ...
-        raise ValueError(f"not a readable ONNX model ({type(exc).__name__})") from exc
-    g = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in consts]
-    if len(inputs) != 1 or len(g.output) != 1:
-        raise UnsupportedModel("the model must have exactly one input and one output")
-    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    in_shape = tuple(d if d > 0 else 1 for d in dims[1:]) or (1,)
-    shape: tuple[int, ...] = in_shape  # current activation shape, without batch
-    current = inputs[0].name
-    ops: list = []
-
-    def t(a) -> torch.Tensor:
-        return torch.as_tensor(np.array(a, dtype=np.float64), dtype=dtype)  # a writable copy
-
-    def add_scale(a: np.ndarray, b: np.ndarray):
-        n = math.prod(shape)
-        a_full = np.broadcast_to(np.asarray(a, dtype=np.float64), (1, *shape) if shape else ()).reshape(-1)
-        b_full = np.broadcast_to(np.asarray(b, dtype=np.float64), (1, *shape) if shape else ()).reshape(-1)
-        if a_full.size != n or b_full.size != n:
-            raise UnsupportedModel("elementwise constant does not broadcast to the activation")
-        ops.append(Scale(t(a_full), t(b_full)))
-
-    for node in g.node:
-        op = node.op_type
-        if op not in ONNX_OPS:
-            raise UnsupportedModel(f"unsupported ONNX operator {op}")
-        at = _attrs(node)
-        if op == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(at["value"])
-            continue
-        data = [i for i in node.input if i and i not in consts]
-        cvals = [consts[i] for i in node.input if i in consts]
-        if data != [current]:
-            raise UnsupportedModel(f"{op} node '{node.name}' is not part of a sequential chain")
-        if op in ("Flatten", "Reshape"):
-            if op == "Reshape":
-                target = [int(v) for v in cvals[0]]
-                if len(target) >= 1 and target[0] in (1, -1, 0) and (
-                    len(target) <= 2 or math.prod(abs(v) for v in target[1:]) == math.prod(shape)
-                ):
-                    rest = [v for v in target[1:] if v not in (0,)]
-                    shape = tuple(rest) if rest and -1 not in rest else (math.prod(shape),)
-                else:
-                    raise UnsupportedModel(f"unsupported Reshape to {target}")
-            else:
-                shape = (math.prod(shape),)
-        elif op == "Relu":
-            ops.append(ReLU())
-        elif op == "Gemm":
-            W = cvals[0]
-            if at.get("transA", 0):
-                raise UnsupportedModel("Gemm with transA is unsupported")
-            W = W if at.get("transB", 0) else W.T  # -> (out, in)
-            W = W * at.get("alpha", 1.0)
-            b = cvals[1] * at.get("beta", 1.0) if len(cvals) > 1 else np.zeros(W.shape[0])
-            ops.append(Linear(t(W), t(np.broadcast_to(b, (W.shape[0],)))))
-            shape = (W.shape[0],)
-        elif op == "MatMul":
-            if node.input[0] != current or cvals[0].ndim != 2:
-                raise UnsupportedModel("MatMul must be activation @ constant matrix")
-            W = cvals[0].T
-            ops.append(Linear(t(W), t(np.zeros(W.shape[0]))))
-            shape = (W.shape[0],)
-        elif op in ("Add", "Sub"):
-            c = cvals[0]
-            if op == "Sub" and node.input[0] != current:  # c - x
-                add_scale(-np.ones(1), c)
-            else:
-                add_scale(np.ones(1), c if op == "Add" else -c)
-        elif op in ("Mul", "Div"):
-            c = cvals[0]
-            if op == "Div" and node.input[0] != current:
-                raise UnsupportedModel("Div of a constant by the activation is not affine")
-            add_scale(c if op == "Mul" else 1.0 / c, np.zeros(1))
-        elif op == "Conv":
-            if at.get("group", 1) != 1 or any(d != 1 for d in at.get("dilations", [1, 1])):
-                raise UnsupportedModel("Conv with groups or dilation is unsupported")
-            pads = at.get("pads", [0, 0, 0, 0])
-            if pads[0] != pads[2] or pads[1] != pads[3] or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise UnsupportedModel("Conv with asymmetric or automatic padding is unsupported")
-            if len(shape) != 3:
-                raise UnsupportedModel("Conv input must be CHW")
-            W = cvals[0]
-            b = cvals[1] if len(cvals) > 1 else np.zeros(W.shape[0])
-            conv = Conv(t(W), t(b), shape, tuple(at.get("strides", [1, 1])), (pads[0], pads[1]))
-            ops.append(conv)
-            shape = conv.out_shape
-        elif op == "BatchNormalization":
-            scale, bias, mean, var = cvals[:4]
-            a = scale / np.sqrt(var + at.get("epsilon", 1e-5))
-            c_shape = (-1,) + (1,) * (len(shape) - 1)
-            add_scale(a.reshape(c_shape), (bias - mean * a).reshape(c_shape))
-        current = node.output[0]
-    if current != g.output[0].name:
-        raise UnsupportedModel("the graph output is not the end of the sequential chain")
-    return Graph(ops, in_shape)
+    graph = load_onnx(path).to_chain()
+    if graph is None:
+        raise UnsupportedModel("the model is not a chain of affine layers and ReLUs")
+    return graph if dtype == torch.float64 else graph.to(dtype)

@@ -24,7 +24,6 @@ import pandas as pd
 
 from vsbench.report.stats import holm, mcnemar_exact, paired_difference
 from vsbench.report.tables import load_frames, per_model
-from vsbench.store import record_key
 
 ROW = ["arch", "method", "sparsity", "verifier"]
 ALPHA = 0.05
@@ -51,14 +50,14 @@ def _property(record: dict) -> int:
 
 def outcomes(run_dir: Path) -> pd.DataFrame:
     """One row per (model, verifier, test image): ``verified`` (an ``unsat`` verdict). An image
-    without a record (misclassified) is not verified; the last verdict per record key counts."""
+    without a record (misclassified) is not verified; the latest verdict per slot counts."""
     records, models = load_frames(run_dir)
     if models.empty:
         raise ValueError(f"{run_dir}: no models.jsonl (not a `vsbench run` folder)")
     _, indices = image_set(run_dir)
-    latest = {record_key(r): r for r in records.to_dict("records")} if len(records) else {}
-    unsat = {(r["model"], r["verifier"], _property(r)) for r in latest.values() if r["status"] == "unsat"}
-    verifiers = sorted({r["verifier"] for r in latest.values()}) or ["builtin"]
+    latest = records.to_dict("records") if len(records) else []  # one verdict per slot already
+    unsat = {(r["model"], r["verifier"], _property(r)) for r in latest if r["status"] == "unsat"}
+    verifiers = sorted({r["verifier"] for r in latest}) or ["builtin"]
     rows = [{"model": m["model"], "arch": m["arch"], "method": m["method"], "sparsity": m["sparsity"],
              "seed": m["seed"], "verifier": v, "image": i, "verified": (m["model"], v, i) in unsat}
             for m in models.to_dict("records") for v in verifiers for i in indices]

@@ -78,6 +78,8 @@ class _Reader:
         """A linear term as ({variable: coefficient}, constant)."""
         if isinstance(node, str):
             if _NUMBER.fullmatch(node):
+                if not np.isfinite(float(node)):
+                    self.fail(node.line, f"number {node} is out of range")
                 return {}, float(node)
             if node in self.decl:
                 return {node: 1.0}, 0.0
@@ -141,8 +143,13 @@ class _Reader:
         self.fail(node.line, f"unsupported operator {op!r}")
 
 
-def _show(node) -> str:
-    return str(node) if isinstance(node, str) else "(" + " ".join(map(_show, node)) + ")"
+def _show(node, depth: int = 8) -> str:
+    """``node`` as text for an error message, nested lists below ``depth`` shown as ``(...)``."""
+    if isinstance(node, str):
+        return str(node)
+    if depth == 0:
+        return "(...)"
+    return "(" + " ".join(_show(n, depth - 1) for n in node[:20]) + (" ..." if len(node) > 20 else "") + ")"
 
 
 def read_text(path: str | Path) -> str:

@@ -53,6 +53,24 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict, in_shape=N
     return folder
 
 
+def _size_problem(layers, state: dict) -> str:
+    """"" if every Linear / Conv / BatchNorm layer the manifest declares has that weight shape in the checkpoint."""
+    try:
+        for i, d in enumerate(layers):
+            if d.get("type") in ("linear", "conv", "batchnorm"):
+                if d["type"] == "batchnorm":
+                    want = [int(d["features"])]
+                else:
+                    want = [int(d["out"]), int(d["in"])] + ([int(d["kernel"])] * 2 if d["type"] == "conv" else [])
+                have = state.get(f"{i}.weight")
+                if have is None or list(have.shape) != want:
+                    got = "none" if have is None else "x".join(map(str, have.shape))
+                    return f"layer {i} declares a {'x'.join(map(str, want))} weight, the checkpoint holds {got}"
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"malformed layer description {exc!r}"
+    return ""
+
+
 def load_checkpoint(folder: str | Path) -> tuple[nn.Sequential, dict]:
     """``(model in eval mode, manifest)``; one ``ValueError`` naming the file if anything is off."""
     folder = Path(folder)
@@ -62,10 +80,6 @@ def load_checkpoint(folder: str | Path) -> tuple[nn.Sequential, dict]:
         layers = manifest["layers"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{mpath}: not a readable model manifest ({type(exc).__name__}: {exc})") from None
-    try:
-        model = build_from_layers(layers)
-    except ValueError as exc:
-        raise ValueError(f"{mpath}: {exc}") from None
     if not cpath.is_file():
         raise ValueError(f"{cpath}: checkpoint file missing")
     expected = (manifest.get("hashes") or {}).get(CHECKPOINT)
@@ -73,7 +87,16 @@ def load_checkpoint(folder: str | Path) -> tuple[nn.Sequential, dict]:
         raise ValueError(f"{cpath}: SHA-256 does not match the manifest (file changed or corrupt)")
     try:
         state = torch.load(cpath, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # unpickling and shape errors come in many types
+    except Exception as exc:  # unpickling errors come in many types
         raise ValueError(f"{cpath}: cannot load weights ({type(exc).__name__}: {str(exc)[:200]})") from None
+    problem = _size_problem(layers, state)  # before building: a declared layer may be huge
+    if problem:
+        raise ValueError(f"{mpath}: {problem}")
+    try:
+        model = build_from_layers(layers)
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"{mpath}: {exc}") from None
+    except RuntimeError as exc:  # state_dict mismatches
+        raise ValueError(f"{cpath}: cannot load weights ({str(exc)[:200]})") from None
     return model.eval(), manifest

@@ -1,15 +1,16 @@
 """The built-in complete verifier: PGD -> CROWN -> alpha-CROWN -> BaB with beta-CROWN -> MILP.
 
 Soundness rules: ``unsat`` only when every clause of every region has a sound float64 lower bound
-``> TAU`` (bound propagation, BaB leaves decided by LP, or the MILP); ``sat`` only with a point
-that violates the property in float64 and, when the ONNX file is known, in onnxruntime.
+``> TAU`` (bound propagation, BaB leaves decided by LP, or the MILP) above the bound on the float32
+error of the ONNX model in onnxruntime (:func:`float32_region`); ``sat`` only with a point that
+:func:`vsbench.onnx_io.confirm_point` confirms (without an ONNX file: violated in float64 on the graph).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,8 +19,14 @@ import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimis
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
 from ..bounds.crown import crown_bounds, crown_spec
+from ..bounds import dag_bounds
+from ..bounds.dag import Dag
+from ..bounds.dag_bounds import ReluView
+from ..bounds.float_error import dag_row_error, row_error
+from ..bounds.graph import Graph, UnsupportedModel
+from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
-from ..bounds.graph import Graph, UnsupportedModel, from_onnx
+from vsbench.onnx_io import confirm_point, input_dtype, round_inside
 from vsbench.spec.api import Deadline, Instance, Property, Region, Verdict
 from .attack import pgd_attack
 from .milp import TAU, milp_clause
@@ -32,6 +39,7 @@ FALSIFY = 16  # worst domains whose box corners are tried as counterexamples eac
 MAX_DOMAINS = 200_000
 REFINE_SPLITS = 4  # earlier neurons split (2^4 patterns) per neuron when tightening intermediate bounds
 SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
+DENSE_LIMIT = 20_000_000  # chain nets with at most this many dense-matrix entries take the dense path (BaB, MILP)
 
 
 # --------------------------------------------------------------------------- simplification
@@ -69,34 +77,41 @@ def simplify(layers, lower: torch.Tensor, upper: torch.Tensor):
 
 
 class _Checker:
-    """Confirms candidate points: inside the region as float32, violated in float64 and in ORT."""
+    """Confirms candidate points: rounded into the region as the model's input dtype, then judged by
+    :func:`vsbench.onnx_io.confirm_point` on the ONNX file (in float64 on the graph when there is none)."""
 
     def __init__(self, graph: Graph, prop: Property, onnx_path=None):
-        self.graph, self.prop, self.sess = graph, prop, None
-        if onnx_path is not None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-            self.sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            inp = self.sess.get_inputs()[0]
-            self.name = inp.name
-            self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        self.graph, self.prop, self.onnx_path = graph, prop, onnx_path
+        self.dtype = np.float32 if onnx_path is None else input_dtype(onnx_path)
 
     def __call__(self, region: Region, x: np.ndarray) -> np.ndarray | None:
-        x32 = np.clip(np.asarray(x, dtype=np.float64).ravel(), region.lower, region.upper).astype(np.float32)
-        low, high = x32 < region.lower, x32 > region.upper
-        x32[low] = np.nextafter(x32[low], np.float32(np.inf))
-        x32[high] = np.nextafter(x32[high], np.float32(-np.inf))
-        xf = x32.astype(np.float64)
+        xf = round_inside(x, region.lower, region.upper, self.dtype)
+        if self.onnx_path is not None:
+            return confirm_point(self.onnx_path, self.prop, xf)[0]
         y = self.graph.forward(torch.as_tensor(xf)[None]).numpy()
-        if not self.prop.violated_by(xf, y):
-            return None
-        if self.sess is not None:
-            y32 = self.sess.run(None, {self.name: x32.reshape(self.shape)})[0]
-            if not self.prop.violated_by(xf, y32):
-                return None
-        return xf
+        return xf if self.prop.violated_by(xf, y) else None
+
+
+def float32_region(graph: Graph | Dag, region: Region, onnx_path) -> tuple[Region, float]:
+    """``region`` with each clause row's ``rhs`` raised by the bound on the float32 error of that row
+    of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error` over CROWN bounds for
+    chains, :func:`~vsbench.bounds.float_error.dag_row_error` otherwise), so that a margin proven above
+    ``TAU`` holds for the float32 model; and the largest raise."""
+    if not region.clauses:
+        return region, 0.0
+    rows = np.concatenate([C for C, _ in region.clauses])
+    if isinstance(graph, Dag):
+        err = dag_row_error(graph, region.lower, region.upper, rows)
+    else:
+        lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
+        relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
+        try:
+            err = row_error(onnx_path, region.lower, region.upper, rows, relu_bounds)
+        except UnsupportedModel:  # a chain for the bound engines, but ONNX ops the backward walk lacks
+            err = dag_row_error(load_onnx(onnx_path), region.lower, region.upper, rows)
+    ends = np.cumsum([len(rhs) for _, rhs in region.clauses])[:-1]
+    clauses = [(C, rhs + e) for (C, rhs), e in zip(region.clauses, np.split(err, ends))]
+    return Region(region.lower, region.upper, clauses), float(err.max(initial=0.0))
 
 
 # --------------------------------------------------------------------------- one region
@@ -105,19 +120,22 @@ class _Checker:
 @dataclass
 class _Region:
     region: Region
-    layers: list
+    layers: list | None  # dense layers; None on the DAG path (no MILP, no refinement)
     keep: torch.Tensor
     lo: torch.Tensor  # (1, n_kept)
     hi: torch.Tensor
     bounds: list  # pre-ReLU (l, u), each (1, n_k)
-    graph: Graph = field(init=False)
+    graph: Graph | ReluView | None = None  # None: the graph of ``layers``
 
     def __post_init__(self):
-        self.graph = Graph.from_dense(self.layers)
+        if self.graph is None:
+            self.graph = Graph.from_dense(self.layers)
 
     def milp(self, C, rhs, time_limit: float, check, stop=None):
         """The exact MILP of one clause over the region: ``(status, lb, cex)``, ``cex`` the confirmed
-        counterexample of a ``sat`` (None when ``check`` rejects its point)."""
+        counterexample of a ``sat`` (None when ``check`` rejects its point); ``unknown`` on the DAG path."""
+        if self.layers is None:
+            return "unknown", -float("inf"), None
         st, x, lb = milp_clause(self.layers, self.lo[0], self.hi[0], self.bounds, C, rhs, time_limit, stop)
         return st, lb, (check(self.region, self.full_x(x)) if st == "sat" else None)
 
@@ -134,6 +152,8 @@ class _Found(Exception):
 
 def _leaf(p: _Region, bounds, C, rhs, deadline, check) -> bool:
     """Decide a domain with every ReLU fixed by LP: True if infeasible; raises _Found on a cex."""
+    if p.layers is None:  # the DAG path has no LP
+        return False
     status, x, _ = milp_clause(p.layers, p.lo[0], p.hi[0], bounds, C, rhs, max(deadline.left(), 0.01))
     if status == "unsat":
         return True
@@ -315,9 +335,11 @@ class _BaB:
         return ("unknown" if self.undecided else "unsat"), self.proven
 
 
-def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
+def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
     """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region;
-    ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`)."""
+    ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`). A chain
+    :class:`Graph` is simplified to dense layers (MILP, refinement); a :class:`Dag` is bounded as a
+    DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
     x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
@@ -326,10 +348,16 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         return "sat", cex
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
-    layers, keep, bounds = simplify(graph.dense_layers(), lower, upper)
-    p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1])
-    widths = [W.shape[0] for W, _ in layers[:-1]]
-    log.append(f"simplified hidden widths {widths}, inputs {len(keep)}")
+    if isinstance(graph, Dag):
+        node_bounds = dag_bounds.intermediate_bounds(graph, lower, upper, deadline)
+        view = ReluView(graph, node_bounds)
+        p = _Region(region, None, torch.arange(graph.n_in), lower, upper, view.relu_bounds(node_bounds), view)
+        log.append(f"dag: unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
+    else:
+        layers, keep, bounds = simplify(graph.dense_layers(), lower, upper)
+        p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1])
+        widths = [W.shape[0] for W, _ in layers[:-1]]
+        log.append(f"simplified hidden widths {widths}, inputs {len(keep)}")
 
     rows = [(c, np.asarray(C, dtype=np.float64), np.asarray(r, dtype=np.float64)) for c, (C, r) in enumerate(region.clauses)]
     n_cl = len(rows)
@@ -344,9 +372,10 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
     log.append(f"crown: {int((best > TAU).sum())}/{n_cl} clauses")
     open_ = [c for c in range(n_cl) if best[c] <= TAU]
     row_slopes = None
-    if open_:
+    if open_ and p.layers is not None:
         ab = alpha_bounds(p.graph, p.lo, p.hi, iters=20, deadline=deadline)
         p.bounds = [(torch.maximum(l, al), torch.minimum(u, au)) for (l, u), (al, au) in zip(p.bounds, ab)]
+    if open_:
         sel = torch.as_tensor(np.isin(owner, open_))
         lb, row_slopes = alpha_spec(p.graph, p.lo, p.hi, Call[:, sel], p.bounds, iters=50, deadline=deadline)
         row_lb = np.full(len(owner), -np.inf)
@@ -383,6 +412,8 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
             out.append((cs, fresh))
         return out
 
+    if p.layers is None:
+        refine = None
     if not milp_thread:
         return _decide(p, rows, babs, best, deadline, check, log, None, refine)
     worker = _MilpWorker(p, rows, deadline, check)
@@ -390,6 +421,14 @@ def _verify_region(graph: Graph, region: Region, deadline: Deadline, check, log:
         return _decide(p, rows, babs, best, deadline, check, log, worker, refine)
     finally:
         worker.close()
+
+
+def dense_path(model: Graph | Dag) -> Graph | None:
+    """The chain graph of ``model`` when the dense path (BaB with beta-CROWN, refinement, MILP) can
+    take it: a chain of affine layers and ReLUs whose dense matrices have at most ``DENSE_LIMIT``
+    entries; else None (the DAG path)."""
+    chain = model.to_chain() if isinstance(model, Dag) else model
+    return chain if chain is not None and chain.dense_size() <= DENSE_LIMIT else None
 
 
 class _MilpWorker:
@@ -538,9 +577,12 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
 # --------------------------------------------------------------------------- public API
 
 
-def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
-    """Decide ``prop`` on ``graph`` before ``deadline``; ``sat`` points are re-checked in
-    onnxruntime on ``onnx_path`` when given. Exceptions become status ``error``.
+def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
+    """Decide ``prop`` on ``graph`` before ``deadline``. With ``onnx_path`` (the file ``graph`` was read
+    from), ``unsat`` holds for that model in onnxruntime's float32 and ``sat`` points are confirmed
+    there; without, both are about ``graph`` in float64. Exceptions (NaN or inf weights included)
+    become status ``error``. Chain nets small enough (:func:`dense_path`) take the dense path, all
+    others the DAG path.
 
     With ``torch.get_num_threads() >= 2``, one of those cores runs clause MILPs beside BaB (torch
     keeps the others); with one thread (one task per core, as the Ray runner does) there is no MILP
@@ -549,14 +591,21 @@ def verify_property(graph: Graph, prop: Property, deadline: Deadline, onnx_path=
     t0 = time.monotonic()
     log: list[str] = []
     threads = torch.get_num_threads()
-    milp_thread = threads >= 2
+    chain = dense_path(graph)
+    milp_thread = threads >= 2 and chain is not None
     if milp_thread:
         torch.set_num_threads(threads - 1)
     try:
-        g = graph.to(torch.float64)
+        if chain is None:
+            g = graph if isinstance(graph, Dag) else Dag.from_chain(graph.to(torch.float64))
+        else:
+            g = chain.to(torch.float64)
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
+            if onnx_path is not None:
+                region, err = float32_region(g, region, onnx_path)
+                log.append(f"float32 error bound {err:.1e}")
             st, val = _verify_region(g, region, deadline, check, log, milp_thread)
             if st == "sat":
                 return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
@@ -585,7 +634,7 @@ class BuiltinVerifier:
         try:
             from ..spec.vnnlib import read_vnnlib
 
-            graph = from_onnx(instance.onnx)
+            graph = load_onnx(instance.onnx)
             prop = read_vnnlib(instance.vnnlib)
         except UnsupportedModel as exc:
             return Verdict("error", time.monotonic() - t0, log=f"{instance.onnx}: {exc}")

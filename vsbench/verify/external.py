@@ -1,7 +1,8 @@
 """External verifiers behind the one ``Verifier`` protocol: Marabou, alpha-beta-CROWN, any VNN-COMP tool.
 
-All three return ``sat`` only with a flat float64 counterexample; the runner re-checks it in onnxruntime.
-Tool output goes to the verdict's ``log``, never to the caller's terminal.
+All three return ``sat`` only with a flat float64 counterexample that
+:func:`vsbench.onnx_io.confirm_counterexample` confirms (else ``unknown``), and ``error`` for a model with
+NaN or inf weights (a tool's verdict on it means nothing). Tool output goes to the verdict's ``log``, never to the caller's terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsbench.onnx_io import check_finite, confirm_counterexample
 from vsbench.spec.api import Deadline, Instance, Verdict
 
 LOG_CHARS = 4000
@@ -135,6 +137,31 @@ def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -
         return rc, out.read().decode(errors="replace")[-LOG_CHARS:]
 
 
+def _checked(instance: Instance, verdict: Verdict) -> Verdict:
+    """``verdict`` with an unconfirmed ``sat`` downgraded to ``unknown`` and its point replaced by the one
+    onnxruntime was fed."""
+    if verdict.status != "sat" or verdict.cex is None:
+        return verdict
+    try:
+        cex, why = confirm_counterexample(instance, verdict.cex)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file or an onnxruntime failure: not confirmed
+        cex, why = None, f"check failed ({type(exc).__name__}: {exc})"
+    if cex is None:
+        return Verdict("unknown", verdict.time_s, log=f"{verdict.log}\n{why}: downgraded to unknown"[-LOG_CHARS:])
+    return Verdict("sat", verdict.time_s, cex=cex, margin=verdict.margin, log=verdict.log)
+
+
+def _nonfinite(instance: Instance) -> Verdict | None:
+    """An ``error`` verdict when the model holds NaN or inf weights, else None."""
+    try:
+        check_finite(instance.onnx)
+    except ValueError as exc:
+        return Verdict("error", 0.0, log=str(exc))
+    except Exception:  # noqa: BLE001 - an unreadable file: the tool itself reports it
+        return None
+    return None
+
+
 def _file_verdict(result: Path, rc: int | None, output: str, t0: float, timeout: float, what: str) -> Verdict:
     """Verdict from a tool's result file, exit code and output, judged as VNN-COMP does: killed, a
     non-zero exit or an answer after ``timeout`` seconds is not a result."""
@@ -192,6 +219,8 @@ class MarabouVerifier:
 
     def verify(self, instance: Instance, timeout: float) -> Verdict:
         t0 = time.monotonic()
+        if (bad := _nonfinite(instance)) is not None:
+            return bad
         with tempfile.NamedTemporaryFile("r", suffix=".log") as out:
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stdout_to(out.name):
@@ -200,7 +229,7 @@ class MarabouVerifier:
             except Exception as exc:  # noqa: BLE001 - the verdict carries the error
                 status, cex, log = "error", None, f"{type(exc).__name__}: {exc}"
             log = f"{log}\n{out.read()[-1000:]}".strip()
-        return Verdict(status, time.monotonic() - t0, cex=cex, log=log[-LOG_CHARS:])
+        return _checked(instance, Verdict(status, time.monotonic() - t0, cex=cex, log=log[-LOG_CHARS:]))
 
     def _solve(self, instance: Instance, deadline: Deadline) -> tuple[str, np.ndarray | None, str]:
         from maraboupy import Marabou, MarabouCore, MarabouUtils
@@ -302,13 +331,15 @@ class AbcrownVerifier:
         script, why = find_abcrown()
         if script is None:
             return Verdict("error", 0.0, log=why)
+        if (bad := _nonfinite(instance)) is not None:
+            return bad
         with tempfile.TemporaryDirectory(prefix="vsbench-abcrown-") as tmp:
             work = Path(tmp)
             cfg = work / "config.yaml"
             cfg.write_text(yaml.safe_dump(self.config(instance, timeout, work)))
             python = os.environ.get("ABCROWN_PYTHON", sys.executable)
             rc, output = run_command([python, str(script), "--config", str(cfg)], timeout + KILL_GRACE_S, cwd=work)
-            return _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py")
+            return _checked(instance, _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py"))
 
 
 def category_of(instance: Instance) -> str:
@@ -349,6 +380,8 @@ class VnncompToolVerifier:
         ok, why = self.available()
         if not ok:
             return Verdict("error", 0.0, log=why)
+        if (bad := _nonfinite(instance)) is not None:
+            return bad
         instance = plain_instance(instance)
         category = instance.meta.get("category") or self.category or category_of(instance)
         onnx, vnnlib = str(Path(instance.onnx).resolve()), str(Path(instance.vnnlib).resolve())
@@ -364,6 +397,6 @@ class VnncompToolVerifier:
             t0 = time.monotonic()
             rc, out = run_command(["bash", str(self.tool_dir / "run_instance.sh"), "v1", category, onnx, vnnlib,
                                    str(result), f"{timeout:g}"], timeout + self.kill_grace_s, cwd=self.tool_dir)
-            verdict = _file_verdict(result, rc, out, t0, timeout, "run_instance.sh")
+            verdict = _checked(instance, _file_verdict(result, rc, out, t0, timeout, "run_instance.sh"))
         verdict.prepare_s = prepare_s
         return verdict

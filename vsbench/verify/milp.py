@@ -5,8 +5,8 @@ from __future__ import annotations
 import highspy
 import numpy as np
 
-TAU = 1e-6  # a clause counts as infeasible only if min t > TAU
-SLACK = 1e-7  # widening of the pre-activation bounds against rounding
+TAU = 1e-6  # float64 slack: a clause counts as infeasible only if min t > TAU (float32 error: see float_error)
+SLACK = 1e-7  # widening of the pre-activation bounds (variable bounds and big-M rows) against rounding
 
 
 def _np(a) -> np.ndarray:
@@ -77,7 +77,8 @@ def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=No
     prev_w = np.ones(len(prev))  # activation = prev_w * column (0 where the neuron is dead)
     for (W, b), (l, u) in zip(layers[:-1], bounds):
         W, b, l, u = _np(W), _np(b), _np(l).ravel(), _np(u).ravel()
-        z = m.cols(l - SLACK, u + SLACK)
+        lw, uw = l - SLACK, u + SLACK  # the variable bounds and the big-M rows both use the widened bounds
+        z = m.cols(lw, uw)
         live = np.flatnonzero(prev_w)
         for j in range(len(b)):
             w = W[j, live]
@@ -85,10 +86,10 @@ def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=No
             m.row(np.append(prev[live[nz]], z[j]), np.append(-w[nz], 1.0), b[j], b[j])
         act, act_w = z.copy(), (u > 0).astype(np.float64)
         for j in np.flatnonzero((l < 0) & (u > 0)):
-            a, d = m.cols([0.0], [u[j]])[0], m.cols([0.0], [1.0], integer=True)[0]
-            m.row([a, z[j]], [1.0, -1.0], 0.0, inf)
-            m.row([a, d], [1.0, -u[j]], -inf, 0.0)
-            m.row([a, z[j], d], [1.0, -1.0, -l[j]], -inf, -l[j])
+            a, d = m.cols([0.0], [uw[j]])[0], m.cols([0.0], [1.0], integer=True)[0]
+            m.row([a, z[j]], [1.0, -1.0], 0.0, inf)  # a >= z
+            m.row([a, d], [1.0, -uw[j]], -inf, 0.0)  # a <= uw d
+            m.row([a, z[j], d], [1.0, -1.0, -lw[j]], -inf, -lw[j])  # a <= z - lw (1 - d)
             act[j] = a
         prev, prev_w = act, act_w
     W, b = _np(layers[-1][0]), _np(layers[-1][1])

@@ -1,0 +1,168 @@
+"""ONNX import into the Dag (checked against onnxruntime) and the DAG bound engines' soundness
+(checked against sampled points), one small graph per group of op handlers."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from vsbench.bounds.dag_bounds import alpha_spec, crown_spec, ibp, intermediate_bounds
+from vsbench.bounds.graph import UnsupportedModel
+from vsbench.bounds.onnx_ops import load_onnx
+from vsbench.onnx_io import run_onnx
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape):
+    return RNG.normal(size=shape).astype(np.float32) / np.sqrt(np.prod(shape[1:]) if len(shape) > 1 else 1)
+
+
+def _init(name, a):
+    a = np.asarray(a)
+    return onnx.numpy_helper.from_array(a.astype(np.int64 if a.dtype.kind == "i" else np.float32), name)
+
+
+def _model(nodes, in_shape, inits, opset=13):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+    graph = helper.make_graph(nodes, "g", [x], [y], [_init(k, v) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+N = helper.make_node
+
+CASES = {
+    # Gemm with transB, alpha, beta; ReLU after the output layer
+    "gemm_final_relu": _model(
+        [N("Gemm", ["x", "W", "c"], ["h"], transB=1, alpha=0.5, beta=2.0), N("Relu", ["h"], ["r"]),
+         N("Gemm", ["r", "W2"], ["o"]), N("Relu", ["o"], ["y"])],
+        (1, 4), {"W": _w(6, 4), "c": _w(6), "W2": _w(6, 3)}),
+    # Gemm on a transposed activation (transA) and a constant on the left of a MatMul
+    "gemm_transA_matmul_left": _model(
+        [N("Gemm", ["x", "W"], ["h"], transA=1), N("Relu", ["h"], ["r"]), N("Transpose", ["r"], ["t"]),
+         N("MatMul", ["M", "t"], ["y"])],
+        (4, 1), {"W": _w(4, 5), "M": _w(3, 5)}),
+    # Conv with asymmetric padding, stride and dilation; BatchNorm; grouped conv; GlobalAveragePool
+    "conv_pads_groups": _model(
+        [N("Conv", ["x", "K", "kb"], ["c1"], pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+         N("BatchNormalization", ["c1", "s", "b", "m", "v"], ["bn"], epsilon=1e-3), N("Relu", ["bn"], ["r1"]),
+         N("Conv", ["r1", "K2"], ["c2"], pads=[1, 1, 1, 1], group=2), N("Relu", ["c2"], ["r2"]),
+         N("GlobalAveragePool", ["r2"], ["g"]), N("Flatten", ["g"], ["f"]), N("Gemm", ["f", "W"], ["y"])],
+        (1, 2, 7, 6), {"K": _w(4, 2, 3, 2), "kb": _w(4), "s": _w(4) + 1.5, "b": _w(4), "m": _w(4),
+                       "v": np.abs(_w(4)) + 0.5, "K2": _w(4, 2, 3, 3), "W": _w(4, 3)}),
+    # residual Add of two branches, Sub/Mul/Div by constants, Sub of a constant by the activation, Neg
+    "residual": _model(
+        [N("Conv", ["x", "K1"], ["c1"], pads=[1, 1, 1, 1]), N("Relu", ["c1"], ["r1"]),
+         N("Conv", ["r1", "K2"], ["c2"], pads=[1, 1, 1, 1]), N("Add", ["c2", "r1"], ["s"]), N("Relu", ["s"], ["r2"]),
+         N("Sub", ["r2", "k1"], ["a"]), N("Mul", ["a", "k2"], ["b"]), N("Div", ["b", "k3"], ["c"]),
+         N("Sub", ["k1", "c"], ["d"]), N("Neg", ["d"], ["e"]), N("Sub", ["e", "r1"], ["g"]),
+         N("Flatten", ["g"], ["f"]), N("Gemm", ["f", "W"], ["y"])],
+        (1, 2, 4, 4), {"K1": _w(3, 2, 3, 3), "K2": _w(3, 3, 3, 3), "k1": _w(3, 1, 1), "k2": _w(1, 4, 4),
+                       "k3": np.float32(1.7), "W": _w(48, 3)}),
+    # Pad (asymmetric), AveragePool with and without the padding counted, MaxPool with overlap and pads
+    "pools": _model(
+        [N("Pad", ["x", "p"], ["xp"]), N("AveragePool", ["xp"], ["a"], kernel_shape=[2, 2], strides=[1, 1]),
+         N("Relu", ["a"], ["r"]), N("MaxPool", ["r"], ["m"], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1]),
+         N("AveragePool", ["m"], ["a2"], kernel_shape=[2, 2], pads=[1, 1, 0, 0], count_include_pad=0),
+         N("Flatten", ["a2"], ["f"]), N("MatMul", ["f", "W"], ["y"])],
+        (1, 2, 6, 6), {"p": np.array([0, 0, 1, 0, 0, 0, 0, 2]), "W": _w(42, 3)}),
+    # NHWC input: Transpose at the input, Conv, Transpose back, Reshape, MatMul, a final ReLU
+    "nhwc": _model(
+        [N("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), N("Conv", ["t", "K", "kb"], ["c"], strides=[2, 2]),
+         N("Relu", ["c"], ["r"]), N("Transpose", ["r"], ["t2"], perm=[0, 2, 3, 1]),
+         N("Reshape", ["t2", "shape"], ["f"]), N("MatMul", ["f", "W"], ["h"]), N("Add", ["h", "c2"], ["o"]),
+         N("Relu", ["o"], ["y"])],
+        (1, 5, 5, 2), {"K": _w(3, 2, 3, 3), "kb": _w(3), "shape": np.array([-1, 12]), "W": _w(12, 4), "c2": _w(4)}),
+    # shape arithmetic folded; Constant, Identity, Dropout; Squeeze/Unsqueeze, Concat with a constant,
+    # Slice and Gather on activations, Sub of two activations, an activation broadcast up by Add
+    "shape_ops": _model(
+        [N("Shape", ["x"], ["sh"]), N("Gather", ["sh", "zero"], ["n"], axis=0), N("Unsqueeze", ["n", "zero1"], ["n1"]),
+         N("Constant", [], ["minus1"], value=helper.make_tensor("v", TensorProto.INT64, [1], [-1])),
+         N("Concat", ["n1", "minus1"], ["target"], axis=0), N("Reshape", ["x", "target"], ["flat"]),
+         N("Identity", ["flat"], ["id"]), N("Dropout", ["id"], ["dr"]), N("Unsqueeze", ["dr", "zero1"], ["u"]),
+         N("Squeeze", ["u", "zero1"], ["sq"]), N("Concat", ["sq", "cc"], ["cat"], axis=1),
+         N("Slice", ["cat", "st", "en", "ax", "sp"], ["sl"]), N("Gather", ["cat", "idx"], ["ga"], axis=1),
+         N("Sub", ["sl", "ga"], ["d"]), N("Relu", ["d"], ["r"]), N("Add", ["r", "big"], ["y"])],
+        (1, 2, 3), {"zero": np.array(0), "zero1": np.array([0]), "cc": _w(1, 2), "st": np.array([1]),
+                    "en": np.array([100]), "ax": np.array([1]), "sp": np.array([2]), "idx": np.array([7, 0, 2, 5]),
+                    "big": _w(3, 1, 4)}),
+}
+
+
+def _session_out(model, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x.astype(np.float32)})[0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_import_matches_onnxruntime(case, tmp_path):
+    model = CASES[case]
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    dag = load_onnx(path)
+    xs = RNG.uniform(-1, 1, size=(5, dag.n_in)).astype(np.float32)
+    ours = dag.forward(torch.as_tensor(xs, dtype=torch.float64))
+    for x, y in zip(xs, ours.numpy()):
+        ref = run_onnx(path, x)
+        assert y.shape == ref.shape
+        assert np.allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_chain_models_convert_to_the_chain_graph(tmp_path):
+    onnx.save(CASES["gemm_final_relu"], tmp_path / "chain.onnx")
+    chain = load_onnx(tmp_path / "chain.onnx").to_chain()
+    assert chain is not None and chain.relu_count() == 2
+    onnx.save(CASES["residual"], tmp_path / "dag.onnx")
+    assert load_onnx(tmp_path / "dag.onnx").to_chain() is None
+
+
+@pytest.mark.parametrize(
+    "nodes, inits, message",
+    [
+        ([N("Sigmoid", ["x"], ["y"])], {}, "unsupported ONNX operator Sigmoid"),
+        ([N("Gemm", ["x", "W"], ["y"], transB=1, foo=3)], {"W": _w(3, 4)}, "unsupported attribute foo"),
+        ([N("Mul", ["x", "x"], ["y"])], {}, "Mul of two activations is not linear"),
+        ([N("MatMul", ["x", "W"], ["y"])], {"W": _w(3, 2)}, "MatMul node 'n0': .*shapes cannot be multiplied"),
+        ([N("Gemm", ["x", "x"], ["y"])], {}, "must be a constant"),
+        ([N("Pad", ["x", "p"], ["y"], mode="reflect")], {"p": np.array([0, 1, 0, 1])}, "mode=reflect"),
+    ],
+)
+def test_unsupported_op_or_attribute_is_one_error_naming_it(nodes, inits, message, tmp_path):
+    onnx.save(_model(nodes, (1, 4), inits), tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedModel, match=message):
+        load_onnx(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dag_bounds_contain_sampled_outputs(case, tmp_path):
+    """IBP, CROWN and alpha-CROWN bounds hold at points sampled in the box (and at its corners);
+    alpha is never looser than CROWN."""
+    onnx.save(CASES[case], tmp_path / "m.onnx")
+    dag = load_onnx(tmp_path / "m.onnx")
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, dag.n_in, generator=gen, dtype=torch.float64) * 2 - 1
+    lo, hi = x0 - 0.3, x0 + 0.3
+    t = torch.rand(2, 3000, dag.n_in, generator=gen, dtype=torch.float64)
+    t[:, :200] = t[:, :200].round()  # corners
+    xs = lo[:, None] + (hi - lo)[:, None] * t
+    ys = dag.forward(xs.reshape(-1, dag.n_in)).reshape(2, 3000, -1)
+    shaped = (lo.reshape(2, *dag.in_shape), hi.reshape(2, *dag.in_shape))
+    bounds = ibp(dag, *shaped)
+    l, u = (b.reshape(2, -1) for b in bounds[dag.output])
+    assert (ys >= l[:, None] - 1e-9).all() and (ys <= u[:, None] + 1e-9).all()
+    C = torch.randn(2, 4, dag.n_out, generator=gen, dtype=torch.float64)
+    exact = torch.einsum("bsn,bkn->bks", C, ys).min(1).values  # >= the true minimum
+    inter = intermediate_bounds(dag, *shaped)
+    crown = crown_spec(dag, *shaped, C, inter)
+    alpha, _ = alpha_spec(dag, *shaped, C, inter, iters=10)
+    ibp_lb = (C.clamp(min=0) * l[:, None] + C.clamp(max=0) * u[:, None]).sum(-1)
+    for lb in (crown, alpha, ibp_lb):
+        assert (lb <= exact + 1e-9).all()
+    assert (alpha >= crown - 1e-12).all()
+    assert (crown >= ibp_lb - 1e-9).any()

@@ -1,0 +1,266 @@
+"""IBP, CROWN and alpha-CROWN over a :class:`~vsbench.bounds.dag.Dag`, batched over input boxes.
+
+Tensors keep their node shapes (``(B, *shape)``; CROWN coefficients ``(B, S, *shape)``), so a
+convolution is bounded backwards by its transposed convolution and never densified. At a fork
+(residual join) the backward coefficients of the consumers are summed. ReLU uses CROWN's triangle
+relaxation (:func:`vsbench.bounds.crown.relax`); MaxPool the standard one: below, the window's input
+with the highest lower bound; above, that same input when its lower bound beats every other upper
+bound in the window (the max is exact), else the window's highest upper bound (a constant).
+
+Intermediate bounds (:func:`intermediate_bounds`): IBP for every node, then CROWN for the inputs of
+ReLUs (only their unstable neurons) and of MaxPools, node by node in topological order, in chunks of
+rows sized to a memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .alpha import optimize
+from .crown import relax
+from .dag import Affine, Dag, MaxPool, Relu
+
+Bounds = list  # per node: (l, u) of shape (B, *node.shape), or None where not computed
+ROW_BUDGET = 1 << 24  # elements of one coefficient tensor (rows x node size) per backward chunk
+
+
+def _ibp_node(dag: Dag, i: int, bounds: Bounds):
+    n = dag.nodes[i]
+    ins = [bounds[j] for j in n.inputs]
+    if isinstance(n.op, Relu):
+        l, u = ins[0]
+        return l.clamp(min=0), u.clamp(min=0)
+    if isinstance(n.op, MaxPool):
+        return n.op.forward(ins[0][0]), n.op.forward(ins[0][1])
+    mid = n.op.forward(*[(u + l) / 2 for l, u in ins])
+    rad = n.op.radius(*[(u - l) / 2 for l, u in ins])
+    return mid - rad, mid + rad
+
+
+def ibp(dag: Dag, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
+    """Interval bounds of every node; ``lower``/``upper`` are ``(B, *in_shape)`` (or flat)."""
+    B = lower.shape[0]
+    bounds: Bounds = [(lower.reshape(B, *dag.in_shape), upper.reshape(B, *dag.in_shape))]
+    for i in range(1, len(dag.nodes)):
+        bounds.append(_ibp_node(dag, i, bounds))
+    return bounds
+
+
+def _maxpool_relaxation(op: MaxPool, l: torch.Tensor, u: torch.Tensor):
+    """Per window (flattened to ``(B, C, L)``): the selected input as a one-hot over the window
+    ``(B, C, kk, L)``, whether the max equals it exactly, and the window's highest upper bound."""
+    B, (C, H, W) = l.shape[0], l.shape[-3:]
+
+    def windows(x):
+        x = op.padded(x.reshape(B, C, H, W))
+        return F.unfold(x, op.kernel, op.dilation, 0, op.stride).reshape(B, C, math.prod(op.kernel), -1)
+
+    lw, uw = windows(l), windows(u)
+    sel = lw.argmax(2, keepdim=True)
+    onehot = torch.zeros_like(lw).scatter_(2, sel, 1.0)
+    others = uw.masked_fill(onehot.bool(), -math.inf).max(2).values
+    exact = lw.gather(2, sel).squeeze(2) >= others
+    return onehot, exact, uw.max(2).values
+
+
+def _maxpool_back(op: MaxPool, A: torch.Tensor, relaxation, in_shape):
+    onehot, exact, umax = relaxation
+    B, S = A.shape[:2]
+    C, H, W = in_shape[-3:]
+    A = A.reshape(B, S, C, -1)
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    bias = (neg * torch.where(exact, 0.0, umax).unsqueeze(1)).flatten(2).sum(-1)
+    coef = pos + neg * exact.unsqueeze(1)
+    cols = (coef.unsqueeze(3) * onehot.unsqueeze(1)).reshape(B * S, -1, A.shape[-1])
+    left, right, top, bottom = op.pads
+    x = F.fold(cols, (H + top + bottom, W + left + right), op.kernel, op.dilation, 0, op.stride)
+    x = x[..., top:top + H, left:left + W]
+    return x.reshape(B, S, *in_shape), bias
+
+
+def _relax_node(dag: Dag, i: int, bounds: Bounds):
+    n = dag.nodes[i]
+    if isinstance(n.op, Relu):
+        return tuple(t.unsqueeze(1) for t in relax(*bounds[n.inputs[0]]))  # up, icpt, low, unstable
+    return _maxpool_relaxation(n.op, *bounds[n.inputs[0]])
+
+
+def relaxations(dag: Dag, bounds: Bounds, upto: int | None = None) -> dict:
+    """The relaxation of every ReLU and MaxPool node (ids ``<= upto``) given ``bounds``."""
+    upto = dag.output if upto is None else upto
+    return {i: _relax_node(dag, i, bounds) for i in range(1, upto + 1)
+            if isinstance(dag.nodes[i].op, (Relu, MaxPool))}
+
+
+def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: int | None = None,
+             slopes: dict | None = None, relaxed: dict | None = None, extra: dict | None = None,
+             keep: dict | None = None) -> torch.Tensor:
+    """CROWN lower bound ``(B, S)`` of ``C @ node_target(x)`` over the box, ``C (B, S, n_target)``.
+
+    ``bounds`` must hold the inputs of every ReLU and MaxPool before ``target``; ``slopes[i]``
+    (broadcastable to ``(B, S, *shape)``, in [0, 1]) replaces the lower slope of ReLU node ``i``'s
+    unstable neurons (alpha-CROWN); ``extra[i]`` is added to the coefficients of ReLU node ``i``'s
+    input (beta-CROWN split terms); ``relaxed``: :func:`relaxations`, when reused over many passes.
+    ``keep``: a dict that receives the coefficients of every ReLU node's output and of the input (0).
+    """
+    target = dag.output if target is None else target
+    B, S = C.shape[:2]
+    if relaxed is None:
+        relaxed = relaxations(dag, bounds, target)
+    coef = {target: C.reshape(B, S, *dag.nodes[target].shape)}
+    bias = C.new_zeros(B, S)
+    for i in range(target, 0, -1):
+        A = coef.pop(i, None)
+        if A is None:
+            continue
+        n = dag.nodes[i]
+        if isinstance(n.op, Affine):
+            bias = bias + n.op.bias_term(A)
+            ins = n.op.back(A, [dag.nodes[j].shape for j in n.inputs])
+        elif isinstance(n.op, Relu):
+            up, icpt, low, unstable = relaxed[i]
+            if slopes is not None and slopes.get(i) is not None:
+                low = torch.where(unstable, slopes[i], low)
+            pos, neg = A.clamp(min=0), A.clamp(max=0)
+            bias = bias + (neg * icpt).flatten(2).sum(-1)
+            ins = [pos * low + neg * up]
+            if keep is not None:
+                keep[i] = A
+            if extra is not None and extra.get(i) is not None:
+                ins[0] = ins[0] + extra[i]
+        else:
+            x, b = _maxpool_back(n.op, A, relaxed[i], dag.nodes[n.inputs[0]].shape)
+            bias, ins = bias + b, [x]
+        for j, a in zip(n.inputs, ins):
+            coef[j] = coef[j] + a if j in coef else a
+    A = coef.get(0)
+    if keep is not None:
+        keep[0] = A if A is not None else C.new_zeros(B, S, *dag.in_shape)
+    if A is None:  # the target does not depend on the input
+        return bias
+    lo, hi = lower.reshape(B, 1, *dag.in_shape), upper.reshape(B, 1, *dag.in_shape)
+    return bias + (A * ((hi + lo) / 2)).flatten(2).sum(-1) - (A.abs() * ((hi - lo) / 2)).flatten(2).sum(-1)
+
+
+def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool):
+    """CROWN bounds of node ``i`` (its unstable neurons only, if ``only_unstable``) meet ``bounds[i]``."""
+    l, u = bounds[i]
+    B = l.shape[0]
+    lf, uf = l.reshape(B, -1).clone(), u.reshape(B, -1).clone()
+    mask = ((lf < 0) & (uf > 0)).any(0) if only_unstable else torch.ones(lf.shape[1], dtype=torch.bool)
+    cols = torch.nonzero(mask).flatten()
+    widest = max(math.prod(n.shape) for n in dag.nodes[: i + 1])
+    chunk = max(1, ROW_BUDGET // (2 * B * widest))
+    for s in range(0, len(cols), chunk):
+        cc = cols[s:s + chunk]
+        k = len(cc)
+        C = l.new_zeros(B, 2 * k, lf.shape[1])
+        C[:, torch.arange(k), cc] = 1.0
+        C[:, torch.arange(k, 2 * k), cc] = -1.0
+        lb = backward(dag, lower, upper, C, bounds, i, relaxed=relaxed)
+        lf[:, cc] = torch.maximum(lf[:, cc], lb[:, :k])
+        uf[:, cc] = torch.minimum(uf[:, cc], -lb[:, k:])
+    return lf.reshape(l.shape), uf.reshape(u.shape)
+
+
+def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, deadline=None) -> Bounds:
+    """Bounds of every node: IBP, with the inputs of ReLUs (unstable neurons) and of MaxPools (every
+    neuron, unless it is a ReLU's output) tightened by CROWN in topological order (see the module
+    docstring), except where IBP is already exact (at most one mixing affine op since the input).
+    Past ``deadline`` the remaining nodes keep their IBP bounds (still sound)."""
+    B = lower.shape[0]
+    bounds: Bounds = [(lower.reshape(B, *dag.in_shape), upper.reshape(B, *dag.in_shape))]
+    feeds = {}
+    for n in dag.nodes:
+        if isinstance(n.op, (Relu, MaxPool)):
+            feeds[n.inputs[0]] = feeds.get(n.inputs[0], False) or isinstance(n.op, Relu)
+    relaxed: dict = {}
+    mixes = [0]  # mixing affine ops since the input (2: after a nonlinear op); IBP is exact below 2
+    for i in range(1, len(dag.nodes)):
+        n = dag.nodes[i]
+        bounds.append(_ibp_node(dag, i, bounds))
+        if isinstance(n.op, (Relu, MaxPool)):
+            relaxed[i] = _relax_node(dag, i, bounds)
+            mixes.append(2)
+        else:
+            mixes.append(min(2, max(mixes[j] for j in n.inputs) + (n.op.mixing or len(n.inputs) > 1)))
+        if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu) and not (deadline is not None and deadline.expired()):
+            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, only_unstable=feeds[i])
+    return bounds
+
+
+def crown_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds | None = None) -> torch.Tensor:
+    """CROWN lower bound ``(B, S)`` of ``C @ f(x)``; ``bounds``: :func:`intermediate_bounds` if None."""
+    if bounds is None:
+        bounds = intermediate_bounds(dag, lower, upper)
+    return backward(dag, lower, upper, C, bounds)
+
+
+def _clamp01(params):
+    for p in params:
+        p.clamp_(0, 1)
+
+
+def alpha_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, iters: int = 20, lr: float = 0.1,
+               slopes: list | None = None, deadline=None, done=None):
+    """alpha-CROWN lower bound of ``C @ f(x)`` (the lower slopes of every ReLU optimised, starting
+    from CROWN's, best iterate kept: never looser than :func:`crown_spec`); ``(lb (B, S), slopes)``."""
+    relaxed = relaxations(dag, bounds)
+    relus = [i for i in relaxed if isinstance(dag.nodes[i].op, Relu)]
+    B, S = C.shape[:2]
+    if slopes is None:
+        slopes = [relaxed[i][2].expand(B, S, *relaxed[i][2].shape[2:]).clone() for i in relus]
+    with torch.enable_grad():
+        return optimize(lambda ps: backward(dag, lower, upper, C, bounds, slopes=dict(zip(relus, ps)), relaxed=relaxed),
+                        slopes, iters, lr, _clamp01, deadline, done)
+
+
+class ReluView:
+    """A Dag as the chain engines (:mod:`~vsbench.bounds.crown`, alpha, beta, the verifier's BaB) see
+    a :class:`~vsbench.bounds.graph.Graph`: ReLU ``k`` is the ``k``-th ReLU node, its bounds, slopes,
+    split terms and coefficients are flat ``(B, ..., n_k)``, inputs flat ``(B, n_in)``. MaxPools keep
+    the relaxation of ``root`` (bounds over the whole box: sound for every sub-domain)."""
+
+    def __init__(self, dag: Dag, root: Bounds):
+        self.dag, self.n_in = dag, dag.n_in
+        self.relus = [i for i, n in enumerate(dag.nodes) if isinstance(n.op, Relu)]
+        self.pools = {i: _relax_node(dag, i, root) for i, n in enumerate(dag.nodes) if isinstance(n.op, MaxPool)}
+
+    def relu_count(self) -> int:
+        return len(self.relus)
+
+    def relu_bounds(self, bounds: Bounds) -> list:
+        """The flat ``(l, u)`` of every ReLU's input, from per-node ``bounds``."""
+        return [tuple(t.reshape(t.shape[0], -1) for t in bounds[self.dag.nodes[i].inputs[0]]) for i in self.relus]
+
+    def forward(self, x):
+        return self.dag.forward(x)
+
+    def to(self, dtype):
+        self.dag.to(dtype)
+        return self
+
+    def relu_backward(self, lower, upper, C, intermediate, slopes=None, extra=None, keep=False, relaxed=None):
+        """:func:`vsbench.bounds.crown.backward`'s contract, on the Dag."""
+        from .crown import relax_all
+
+        if relaxed is None:
+            relaxed = relax_all(intermediate)
+        shape = [self.dag.nodes[i].shape for i in self.relus]
+
+        def shaped(t, s):
+            return t.reshape(*t.shape[:-1], *s) if t is not None else None
+
+        rel = dict(self.pools)
+        for i, s, (up, icpt, low, unstable) in zip(self.relus, shape, relaxed):
+            rel[i] = (shaped(up, s), shaped(icpt, s), shaped(low, s), shaped(unstable.unsqueeze(1), s))
+        by_node = lambda ts: None if ts is None else {i: shaped(t, s) for i, s, t in zip(self.relus, shape, ts)}  # noqa: E731
+        kept = {} if keep else None
+        lb = backward(self.dag, lower, upper, C, None, relaxed=rel, slopes=by_node(slopes), extra=by_node(extra),
+                      keep=kept)
+        if not keep:
+            return lb, [None] * len(self.relus)
+        return lb, [kept[i].flatten(2) for i in self.relus] + [kept[0].flatten(2)]
