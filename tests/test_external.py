@@ -106,17 +106,21 @@ def test_result_files(tmp_path):
 
 
 @pytest.mark.parametrize("text, want", [
-    ("sat ((X_0 0.5) (X_1 -2) (Y_0 1) (Y_1 3))", ("sat", [0.5, -2.0])),  # one line, as some tools write it
-    ("  SAT\n((X_0 0.5)(X_1 1e-3)(Y_0 1))", ("sat", [0.5, 0.001])),
-    ("sat\nX float32 [1, 2]\n0.5\n0.25\nY float32 [1, 2]\n1.0\n2.0\n", ("sat", [0.5, 0.25])),  # VNN-LIB 2.0
-    ("violated", ("unknown", None)),  # no witness: the runner cannot confirm it
+    ("sat ((X_0 0.5) (X_1 0.75) (Y_0 1) (Y_1 3))", ("sat", [0.5, 0.75])),  # one line, as some tools write it
+    ("  SAT\n((X_0 125e-3)(X_1 0.5)(Y_0 1))", ("sat", [0.125, 0.5])),
+    ("sat\nX float32 [1, 2]\n0.25\n0.5\nY float32 [1, 2]\n1.0\n2.0\n", ("sat", [0.25, 0.5])),  # VNN-LIB 2.0
+    ("violated\n((X_0 0.75) (X_1 0.25))", ("unknown", None)),  # confirmed in onnxruntime: y0 > y1 there
+    ("sat ((X_0 0.5) (X_1 1.5))", ("unknown", None)),  # outside the input box: rejected, not clipped
+    ("violated", ("unknown", None)),  # no witness: nothing to confirm
     ("unsat\n", ("unsat", None)), ("holds", ("unsat", None)), ("timeout", ("timeout", None)),
     ("unknown", ("unknown", None)), ("error\nsomething failed", ("error", None)),
 ])
 def test_every_result_form_through_a_tool(tmp_path, relu_onnx, text, want):
-    """A tool whose run_instance.sh writes each result form the 2021-2025 scripts accept."""
+    """A tool whose run_instance.sh writes each result form the 2021-2025 scripts accept; every witness
+    goes through the one shared confirmation (box [0, 1]^2, violated where y0 <= y1)."""
+    write_vnnlib(tmp_path / "p.vnnlib", Property([y0_le_y1([0.0, 0.0], [1.0, 1.0])]))
     tool = probe_tool(tmp_path / "tool", result=text)
-    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, relu_onnx, 10), 10)
+    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, tmp_path / "p.vnnlib", 10), 10)
     assert (v.status, None if v.cex is None else v.cex.tolist()) == want, v.log
 
 

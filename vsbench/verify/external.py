@@ -380,9 +380,9 @@ class VnncompToolVerifier:
         ok, why = self.available()
         if not ok:
             return Verdict("error", 0.0, log=why)
+        instance = plain_instance(instance)
         if (bad := _nonfinite(instance)) is not None:
             return bad
-        instance = plain_instance(instance)
         category = instance.meta.get("category") or self.category or category_of(instance)
         onnx, vnnlib = str(Path(instance.onnx).resolve()), str(Path(instance.vnnlib).resolve())
         t0 = time.monotonic()
