@@ -3,6 +3,7 @@
 import csv
 import gzip
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from vsbench.verify.external import (
     read_result_file,
     write_result_file,
 )
+from vsbench.verify.registry import get_verifier, resolved
 from vsbench.verify.runner import run_verification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,24 +218,40 @@ def test_abcrown_discovery(monkeypatch, tmp_path):
 
 
 STAND_IN = """
-import sys, yaml
+import os, sys, yaml
 cfg = yaml.safe_load(open(sys.argv[2]))
 assert sys.argv[1] == "--config" and cfg["general"]["device"] == "cpu" and cfg["general"]["save_adv_example"]
-assert cfg["model"]["onnx_path"].endswith(".onnx") and cfg["specification"]["vnnlib_path"].endswith(".vnnlib")
-print("stand-in abcrown, timeout", cfg["bab"]["timeout"])
+onnx, vnnlib = cfg["model"]["onnx_path"], cfg["specification"]["vnnlib_path"]
+assert onnx.endswith(".onnx") and vnnlib.endswith(".vnnlib")
+for path in (onnx + ".optimized", vnnlib + ".compiled"):  # the cache files the real tool writes beside its inputs
+    open(path, "w").write("cache")
+print("stand-in abcrown, timeout", cfg["bab"]["timeout"], "beta", cfg.get("solver", {}).get("beta"))
 with open(cfg["general"]["results_file"], "w") as f:
     f.write("sat\\n((X_0 0.75)\\n (X_1 0.5)\\n (Y_0 0.75)\\n (Y_1 0.5))\\n")
 """
 
 
 def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
-    """The adapter's YAML and result parsing, run against a stand-in abcrown.py (a real subprocess)."""
+    """The adapter's YAML, the tool's own config kept, inputs in the adapter's temporary folder (the
+    benchmark folder is left unchanged) and result parsing, against a stand-in abcrown.py (a real subprocess)."""
     (tmp_path / "abcrown.py").write_text(STAND_IN)
     monkeypatch.setenv("ABCROWN_PATH", str(tmp_path))
-    vnnlib = tmp_path / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    onnx = Path(shutil.copy(relu_onnx, bench))
+    vnnlib = bench / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
     write_vnnlib(vnnlib, Property([Region(np.zeros(2), np.ones(2), [(np.array([[-1.0, 1.0]]), np.zeros(1))])]))
-    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, vnnlib, 7), 7)
-    assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0" in v.log
+    before = {p.name: p.read_bytes() for p in bench.iterdir()}
+    v = AbcrownVerifier(device="cpu").verify(Instance(onnx, vnnlib, 7), 7)
+    assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0 beta None" in v.log
+    config = tmp_path / "mnistfc.yaml"
+    config.write_text("solver:\n  beta: true\nbab:\n  timeout: 1000\ngeneral:\n  csv_name: instances.csv\n")
+    tool = get_verifier(resolved(f"abcrown:{config}"))
+    assert tool.available() == (True, "") and tool.config_hash() != AbcrownVerifier().config_hash()
+    v = tool.verify(Instance(onnx, vnnlib, 7), 7)
+    assert v.status == "sat" and "timeout 7.0 beta True" in v.log, v.log
+    assert {p.name: p.read_bytes() for p in bench.iterdir()} == before  # no cache file beside the inputs
+    assert not AbcrownVerifier(tmp_path / "missing.yaml").available()[0]
 
 
 @pytest.mark.skipif(not AbcrownVerifier().available()[0], reason=AbcrownVerifier().available()[1])

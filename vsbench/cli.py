@@ -180,6 +180,8 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON lines."),
     category: Optional[str] = typer.Option(None, "--category", help="VNN-COMP category passed to a vnncomp: "
                                            "tool's scripts (default: the benchmark folder's name)."),
+    verifier_config: Optional[Path] = typer.Option(None, "--verifier-config", help="The tool's own config for "
+                                                   "this benchmark (abcrown: its YAML, as --verifier abcrown:PATH)."),
 ):
     """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
     from vsbench.export.benchmark import read_instances
@@ -189,6 +191,10 @@ def verify(
 
     import pandas as pd
 
+    if verifier_config is not None:
+        if verifier != "abcrown":
+            raise ValueError(f"--verifier-config: only the abcrown verifier takes a config, not {verifier!r}")
+        verifier = f"abcrown:{verifier_config}"
     instances = read_instances(benchmark_dir, only=filter, category=category)
     check_inputs(instances)
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
