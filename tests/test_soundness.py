@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vsbench.bounds.float_error import row_error
 from vsbench.onnx_io import confirm_counterexample, round_inside, run_onnx
-from vsbench.spec.api import Instance, Property, Region
+from vsbench.spec.api import Instance, Property, Region, Verdict
 from vsbench.spec.vnnlib import write_vnnlib
 from vsbench.verify.builtin import BuiltinVerifier
 from vsbench.verify.external import VnncompToolVerifier
@@ -186,3 +186,35 @@ def test_dag_float32_error_bound_holds_in_onnxruntime(tmp_path, seed):
             want = exact(torch.as_tensor(x32, dtype=torch.float64).reshape(1, 2, 8, 8)).numpy().ravel()
         assert np.all(np.abs(run_onnx(path, x32) - want) <= bound)
     assert bound.max() < 1e-3  # sound, and small enough not to cost real proofs
+
+
+class OutOfBox:
+    """A verifier claiming sat at X_1 = 9, outside the box [0, 1] (where the output clause does hold)."""
+
+    name = "out-of-box"
+
+    def available(self):
+        return True, ""
+
+    def verify(self, instance, timeout):
+        return Verdict("sat", 0.01, cex=np.array([0.8, 9.0]), log="claimed outside the box")
+
+
+def test_runner_records_out_of_box_counterexample_as_unknown(tmp_path, identity):
+    import sys
+
+    import ray
+
+    from vsbench.cluster import init_ray
+    from vsbench.verify.runner import run_verification
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get OutOfBox by value
+    started = not ray.is_initialized()
+    if started:
+        init_ray(1)
+    try:
+        (rec,) = run_verification([identity], OutOfBox, tmp_path / "out", timeout_cap=10)
+    finally:
+        if started:
+            ray.shutdown()
+    assert rec["status"] == "unknown" and not rec["cex_checked"] and "outside the input box" in rec["log"]
