@@ -99,7 +99,9 @@ def float32_region(graph: Graph, region: Region, onnx_path) -> tuple[Region, flo
     if not region.clauses:
         return region, 0.0
     lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
-    relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
+    relu_bounds = None  # a DAG: the error walk's own interval bounds
+    if isinstance(graph, Graph):
+        relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
     err = row_error(onnx_path, region.lower, region.upper, np.concatenate([C for C, _ in region.clauses]),
                     relu_bounds)
     ends = np.cumsum([len(rhs) for _, rhs in region.clauses])[:-1]
