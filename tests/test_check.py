@@ -65,3 +65,16 @@ def test_not_a_benchmark(tmp_path):
     (tmp_path / "a_instances.csv").write_text("")
     (tmp_path / "b_instances.csv").write_text("")
     assert check_benchmark(tmp_path)[0].startswith("several *instances.csv")
+
+
+def test_header_row_empty_csv_and_zero_byte_onnx(bench):
+    """VNN-COMP's instances.csv has no header: a header row is one clear problem (not three)."""
+    rows = (bench / "instances.csv").read_text()
+    (bench / "instances.csv").write_text("onnx,vnnlib,timeout\n" + rows)
+    problems = check_benchmark(bench)
+    assert len(problems) == 1 and "instances.csv:1: header row" in problems[0], problems
+    (bench / "instances.csv").write_text("")
+    assert check_benchmark(bench) == ["instances.csv: lists no instances"]
+    (bench / "instances.csv").write_text(rows)
+    (bench / "mnist-net_256x2.onnx").write_bytes(b"")
+    assert check_benchmark(bench) == ["mnist-net_256x2.onnx: empty file (0 bytes), not an ONNX model"]

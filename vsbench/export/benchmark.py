@@ -103,7 +103,7 @@ def write_properties(out_dir: str | Path, names: list[str], images, labels, indi
     files = [out / "onnx" / f"{n}.onnx" for n in names] + [out / rel for _, _, rel in props.values()]
     write_manifest(out / "manifest.json", {k: v for k, v in info.items() if k != "properties"},
                    files + [out / "instances.csv"])
-    return read_instances(out)
+    return read_instances(out, allow_empty=True)  # empty when every image is misclassified
 
 
 def regenerate(bench_dir: str | Path, seed: int, data_dir: str | Path | None = None) -> list[Instance]:
@@ -172,13 +172,16 @@ def _stem(rel: str) -> str:
     return name
 
 
-def read_instances(bench_dir: str | Path, only: str | None = None, category: str | None = None) -> list[Instance]:
+def read_instances(bench_dir: str | Path, only: str | None = None, category: str | None = None,
+                   allow_empty: bool = False) -> list[Instance]:
     """Instances of a VNN-COMP folder's ``instances.csv`` (or its one ``*instances.csv``).
 
     Paths must be relative and stay inside the folder and the files must exist; timeouts must be
     positive. Meta (model, property, label, eps) comes from ``properties.json`` when present.
     ``only`` keeps the instances whose onnx or vnnlib path, as written in the CSV, contains it.
     ``meta["category"]`` (the VNN-COMP category passed to tools) is ``category``, default the folder's name.
+    A file listing no instance is an error unless ``allow_empty`` (a run whose models misclassify
+    every image writes one).
     """
     root = Path(bench_dir)
     if not root.is_dir():
@@ -214,5 +217,7 @@ def read_instances(bench_dir: str | Path, only: str | None = None, category: str
         out.append(Instance(onnx, vnnlib, timeout, meta))
     if only is not None and not out:
         raise BenchmarkError(f"{path}: no instance matches {only!r}")
+    if not out and not allow_empty:
+        raise BenchmarkError(f"{path}: lists no instances")
     return out
 

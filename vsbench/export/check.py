@@ -28,6 +28,8 @@ def _check_onnx(path: Path) -> tuple[tuple[int, int] | None, str]:
     """((n_in, n_out), "") if the model loads and runs in onnxruntime on a zero input, else (None, problem)."""
     from vsbench.onnx_io import run_onnx, session
 
+    if path.stat().st_size == 0:
+        return None, f"{path.name}: empty file (0 bytes), not an ONNX model"
     try:
         inputs = session(path).get_inputs()
         if len(inputs) != 1:
@@ -87,6 +89,9 @@ def check_benchmark(bench_dir: str | Path) -> list[str]:
         if not any(row):
             continue
         where = f"{csv_path.name}:{line}"
+        if line == 1 and [c.lower() for c in row[:2]] == ["onnx", "vnnlib"]:
+            problems.append(f"{where}: header row {','.join(row)!r}: VNN-COMP's instances.csv has no header (remove it)")
+            continue
         if len(row) != 3:
             problems.append(f"{where}: expected 3 columns (onnx, vnnlib, timeout), got {len(row)}")
             continue

@@ -48,6 +48,19 @@ def get_verifier(name: str) -> Verifier:
     raise ValueError(f"unknown verifier {name!r}; choices: {', '.join(list_verifiers())}")
 
 
+def with_options(name: str, options: dict | None):
+    """``name`` itself without options, else a factory of the built-in verifier with those settings
+    (:class:`vsbench.verify.config.VerifierConfig`; a bad key or value raises ``ValueError``)."""
+    if not options:
+        return name
+    if name != "builtin":
+        raise ValueError(f"verifier options apply to the built-in verifier only, not {name!r}")
+    from vsbench.verify.builtin import ConfiguredBuiltin
+    from vsbench.verify.config import make_config
+
+    return ConfiguredBuiltin(make_config(options))
+
+
 def list_verifiers() -> list[str]:
     """Names ``get_verifier`` accepts (prefixed forms shown as ``vnncomp:DIR``)."""
     return list(VERIFIERS) + [p + "DIR" for p in PREFIXES]
