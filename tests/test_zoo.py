@@ -168,8 +168,6 @@ def test_builtin_verifier_verdicts_hold_up(method, tmp_path):
     assert {"sat", "unsat"} <= set(seen)  # eps 0.002 is provable on these barely trained nets, 0.2 is not
 
 
-@pytest.mark.xfail(strict=True, reason="the float32 error bound of an unsat (bounds/float_error.py row_error) "
-                                      "walks ONNX chains only; the grafted export's two branches are a DAG")
 def test_builtin_verifier_reads_the_grafted_export(tmp_path):
     """The grafted export's Relu / Mul / Add branches are read as a DAG (no BaB there yet, so the
     large radius is one PGD refutes)."""
