@@ -107,7 +107,9 @@ def test_result_files(tmp_path):
 def test_every_result_form_through_a_tool(tmp_path, relu_onnx, text, want):
     """A tool whose run_instance.sh writes each result form the 2021-2025 scripts accept."""
     tool = probe_tool(tmp_path / "tool", result=text)
-    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, relu_onnx, 10), 10)
+    vnnlib = tmp_path / "p.vnnlib"  # violated where y1 <= y0: every witness above is confirmed in onnxruntime
+    write_vnnlib(vnnlib, Property([Region(np.array([0.0, -2.0]), np.ones(2), [(np.array([[-1.0, 1.0]]), np.zeros(1))])]))
+    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, vnnlib, 10), 10)
     assert (v.status, None if v.cex is None else v.cex.tolist()) == want, v.log
 
 
