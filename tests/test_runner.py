@@ -258,11 +258,12 @@ def test_content_keys_move_and_change(tmp_path, mnistfc):
     assert len(read_records(records)) == 4  # a new timeout: both again
     run_verification(moved, QuickTuned, tmp_path / "moved-run", timeout_cap=10)
     assert len(read_records(records)) == 6  # a new configuration: both again
-    with open(moved[0].onnx, "ab") as f:
+    with open(moved[0].onnx, "ab") as f:  # both instances share this model
         f.write(b"\0")  # other bytes (a retrained model under the same name)
     again = run_verification(moved, QuickTuned, tmp_path / "moved-run", timeout_cap=10)
-    assert len(read_records(records)) == 7 and again[0]["onnx_sha256"] == sha256(moved[0].onnx)
-    assert len(latest_verdicts(read_records(records))) == 3  # the old ONNX bytes keep their own slot
+    assert len(read_records(records)) == 8 and again[0]["onnx_sha256"] == sha256(moved[0].onnx) != sha256(
+        mnistfc[0][0].onnx)
+    assert len(latest_verdicts(read_records(records))) == 4  # the old ONNX bytes keep their own slots
 
 
 def test_full_disk_stops_the_run(tmp_path, mnistfc):
