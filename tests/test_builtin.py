@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from vsbench.bounds.crown import crown_bounds
 from vsbench.bounds.graph import Graph, ReLU
 from vsbench.spec.api import Deadline, Instance, Property, Region
+from vsbench.verify import builtin
 from vsbench.verify.builtin import BuiltinVerifier, simplify, verify_property
 from vsbench.verify.config import VerifierConfig
 from vsbench.verify.milp import TAU, milp_clause

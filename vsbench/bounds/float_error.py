@@ -229,39 +229,19 @@ def row_error(onnx_path: str | Path, lower: np.ndarray, upper: np.ndarray, rows:
     return analysis._error(rows)
 
 
-def dag_row_error(dag, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """:func:`row_error` for a :class:`~vsbench.bounds.dag.Dag` (any graph the ONNX op table reads),
-    propagated forwards: each node's error bound is the ``|fn|``-image of its inputs' errors plus its
-    own rounding ``gamma_(terms+1+EXTRA) (|fn|(|x^|) + |bias|)`` (``terms`` as the op handler counted
-    them; every input element when it did not), ReLU and MaxPool pass at most their input's error on.
-    Looser than the backward walk of :func:`row_error` (no cancellation), so chains use that one."""
-    from vsbench.bounds.dag import Affine, MaxPool, Relu
-    from vsbench.bounds.dag_bounds import ibp
+def dag_row_error(dag, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray, node_bounds=None) -> np.ndarray:
+    """:func:`row_error` for a :class:`~vsbench.bounds.dag.Dag` (any graph the ONNX op table reads):
+    :func:`vsbench.bounds.dag_bounds.float32_error` over ``node_bounds`` (the Dag's CROWN
+    intermediate bounds over the box when None)."""
+    from vsbench.bounds.dag_bounds import float32_error, intermediate_bounds
 
     lo, hi = (torch.as_tensor(np.asarray(b, dtype=np.float64))[None] for b in (lower, upper))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise ValueError("the input box has non-finite bounds")
-    bounds = ibp(dag, lo, hi)
-    errs = [torch.zeros_like(bounds[0][0])]
-    for i, node in enumerate(dag.nodes[1:], 1):
-        ins = [errs[j] for j in node.inputs]
-        if isinstance(node.op, Relu):
-            err = torch.where(bounds[node.inputs[0]][1] + ins[0] > 0, ins[0], torch.zeros_like(ins[0]))
-        elif isinstance(node.op, MaxPool):
-            err = node.op.forward(ins[0])
-        elif isinstance(node.op, Affine):
-            terms = node.op.terms
-            if terms is None:
-                terms = sum(math.prod(dag.nodes[j].shape) for j in node.inputs)
-            err = node.op.radius(*ins)
-            if terms:
-                mags = [torch.maximum(bounds[j][0].abs(), bounds[j][1].abs()) + e for j, e in zip(node.inputs, ins)]
-                bias = 0.0 if node.op.bias is None else node.op.bias.abs()
-                err = err + gamma(terms + 1 + EXTRA) * (node.op.radius(*mags) + bias) + TINY * (terms + 1)
-        else:
-            raise TypeError(f"no float32 error bound for {type(node.op).__name__}")
-        if not torch.isfinite(err).all():
-            raise ValueError("the float32 error bound is not finite (non-finite weights?)")
-        errs.append(err)
-    out = errs[dag.output].reshape(-1).numpy()
-    return np.abs(np.asarray(rows, dtype=np.float64).reshape(-1, out.size)) @ out
+    if node_bounds is None:
+        node_bounds = intermediate_bounds(dag, lo, hi)
+    rows = torch.as_tensor(np.asarray(rows, dtype=np.float64)).reshape(-1, dag.n_out)
+    err = float32_error(dag, node_bounds, rows)
+    if not torch.isfinite(err).all():
+        raise ValueError("the float32 error bound is not finite (non-finite weights?)")
+    return err.numpy()

@@ -214,11 +214,11 @@ def _binary(c: _Ctx) -> int:
     return _elementwise(c, x, sx, out, scale, shift)
 
 
-def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift) -> int:
-    """``y = scale * x + shift`` with numpy broadcasting to ``out``."""
+def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift, terms: int = 2) -> int:
+    """``y = scale * x + shift`` with numpy broadcasting to ``out`` (``terms``: as :class:`Affine`)."""
     a = _t(np.broadcast_to(scale, out))
     op = Affine(lambda x: _bcast(x, sx, out) * a, None if shift is None else _t(np.broadcast_to(shift, out)),
-                abs_fn=lambda r: _bcast(r, sx, out) * a.abs(), mixing=False, terms=2)
+                abs_fn=lambda r: _bcast(r, sx, out) * a.abs(), mixing=False, terms=terms)
     if sx == out:
         op.back_fn = lambda A: (A * a,)
         b = op.bias if op.bias is not None else torch.zeros(out, dtype=DTYPE)
@@ -228,7 +228,7 @@ def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift) -> int:
 
 def _neg(c: _Ctx) -> int:
     sx = c.b.shape(c.act())
-    return _elementwise(c, c.act(), sx, sx, -1.0, None)
+    return _elementwise(c, c.act(), sx, sx, -1.0, None, terms=0)
 
 
 def _batchnorm(c: _Ctx) -> int:
@@ -239,9 +239,7 @@ def _batchnorm(c: _Ctx) -> int:
     sx = c.b.shape(x)
     a = scale / np.sqrt(var + float(c.at.get("epsilon", 1e-5)))
     per = (-1,) + (1,) * (len(sx) - 2)
-    node = _elementwise(c, x, sx, sx, a.reshape(per), (bias - mean * a).reshape(per))
-    c.b.nodes[node].op.terms = BN_ROUNDINGS
-    return node
+    return _elementwise(c, x, sx, sx, a.reshape(per), (bias - mean * a).reshape(per), terms=BN_ROUNDINGS)
 
 
 def _conv(c: _Ctx) -> int:

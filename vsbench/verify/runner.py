@@ -60,7 +60,6 @@ class _Worker:
         """Decide one instance with a fresh verifier object (no state carried between instances)."""
         import resource
 
-        import ray
 
         from vsbench.gz import plain_instance
 
