@@ -132,7 +132,7 @@ class _Run:
         self.sat: dict[int, tuple[np.ndarray, str]] = {}  # property -> (confirmed point, stage)
         self.spent = np.zeros(len(props))  # amortised seconds per property
         self.stage_of: dict[int, str] = {}  # property -> latest stage a region of it needed
-        self.cache: dict = {}
+        self.cache = {str(i.vnnlib): prop for i, prop in zip(instances, props)}  # for confirm_counterexample
 
     def open_units(self, k: int) -> torch.Tensor:
         grp = self.groups[k]
