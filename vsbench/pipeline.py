@@ -342,9 +342,11 @@ def check_inputs(instances) -> None:
 
     from vsbench.spec.vnnlib import read_vnnlib
 
+    from vsbench.gz import plain_path
+
     for path in sorted({Path(i.onnx) for i in instances}):
         try:
-            model = onnx.load(str(path))
+            model = onnx.load(str(plain_path(path)))  # .onnx.gz: its decompressed copy
         except Exception as exc:  # protobuf DecodeError, OSError, ...: all mean "not an ONNX model"
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
         if not model.graph.input:  # a 0-byte file parses as an empty model

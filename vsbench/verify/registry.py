@@ -19,6 +19,7 @@ VERIFIERS: dict[str, str] = {
 # prefix -> "module:attribute" of a one-argument factory taking what follows the prefix
 PREFIXES: dict[str, str] = {
     "vnncomp:": "vsbench.verify.external:VnncompToolVerifier",
+    "abcrown:": "vsbench.verify.external:AbcrownVerifier",  # abcrown:CONFIG.yaml, the tool's own config
 }
 
 
@@ -31,10 +32,11 @@ def _load(target: str, name: str):
 
 
 def resolved(name: str) -> str:
-    """``vnncomp:DIR`` with DIR made absolute (Ray workers do not share the caller's working folder)."""
-    prefix = "vnncomp:"
-    if name.startswith(prefix) and len(name) > len(prefix):
-        return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
+    """``vnncomp:DIR`` / ``abcrown:CONFIG`` with the path made absolute (Ray workers do not share the
+    caller's working folder)."""
+    for prefix in PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
     return name
 
 
@@ -62,5 +64,5 @@ def with_options(name: str, options: dict | None):
 
 
 def list_verifiers() -> list[str]:
-    """Names ``get_verifier`` accepts (prefixed forms shown as ``vnncomp:DIR``)."""
-    return list(VERIFIERS) + [p + "DIR" for p in PREFIXES]
+    """Names ``get_verifier`` accepts (prefixed forms shown as ``vnncomp:DIR``, ``abcrown:CONFIG``)."""
+    return list(VERIFIERS) + [p + ("CONFIG" if p == "abcrown:" else "DIR") for p in PREFIXES]
