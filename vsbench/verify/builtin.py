@@ -329,7 +329,8 @@ class _BaB:
 
 
 def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
-    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region;
+    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` (``None`` when the
+    deadline passed before any bound) for one region;
     ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`). A chain
     :class:`Graph` is simplified to dense layers (MILP, refinement); a :class:`Dag` is bounded as a
     DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
@@ -339,6 +340,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     if x is not None and (cex := check(region, x)) is not None:
         log.append("pgd: counterexample")
         return "sat", cex
+    if deadline.expired():  # no time left for a bound: stop on time (the runner kills overruns)
+        return "timeout", None
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
     if isinstance(graph, Dag):
@@ -382,6 +385,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         if x is not None and (cex := check(region, x)) is not None:
             log.append("pgd: counterexample")
             return "sat", cex
+    if open_ and deadline.expired():  # every BaB would start with a bound computation past the deadline
+        return "timeout", float(best.min())
     groups: dict[int, list] = {}  # clauses with the same row count share one BaB
     for c in open_:
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
@@ -605,7 +610,8 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
             margins.append(val)
             if st != "unsat":
                 status = "timeout" if st == "timeout" or deadline.expired() else "unknown"
-        return Verdict(status, time.monotonic() - t0, margin=min(margins, default=None), log="; ".join(log))
+        margin = min((m for m in margins if m is not None), default=None)  # None: a region stopped before bounds
+        return Verdict(status, time.monotonic() - t0, margin=margin, log="; ".join(log))
     except _Found as found:
         log.append("bab: counterexample")
         return Verdict("sat", time.monotonic() - t0, cex=found.x, log="; ".join(log))
