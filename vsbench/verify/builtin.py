@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import onnx  # noqa: F401 - these three load with the module (a Ray worker starts with it), not on
+import onnxruntime  # noqa: F401 - the first instance's clock: together seconds on a loaded machine
 import torch
-import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimiser: seconds on the first instance's clock
+import torch._dynamo  # noqa: F401 - (torch.optim imports it at the first optimiser)
 
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
