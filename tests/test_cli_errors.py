@@ -115,3 +115,76 @@ def test_instances_path_may_not_escape(tmp_path, mnistfc_dir, bad_path):
     (bench / "instances.csv").write_text(f"{bad_path},{rows[0].split(',')[1]},10\n")
     r = vsbench("verify", bench, "--out", tmp_path / "out")
     assert_one_clear_error(r, "instances.csv")
+
+
+@pytest.mark.parametrize("timeout", ["0", "nan", "-5"])
+def test_bad_timeout(tmp_path, mnistfc_dir, timeout):
+    bench = tmp_path / "bench"
+    _copy_instances(mnistfc_dir, bench)
+    r = vsbench("verify", bench, "--out", tmp_path / "out", "--timeout", timeout)
+    assert_one_clear_error(r, "--timeout", "positive number of seconds")
+    assert r.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_ray_address_with_nothing_listening(tmp_path, mnistfc_dir):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bench = tmp_path / "bench"
+    _copy_instances(mnistfc_dir, bench)
+    r = vsbench("verify", bench, "--out", tmp_path / "out", "--ray-address", f"127.0.0.1:{port}")
+    assert_one_clear_error(r, f"127.0.0.1:{port}", "nothing answers")
+    assert r.returncode == 2
+
+
+def test_out_naming_a_file(tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    r = vsbench("run", "--suite", "smoke", "--profile", "quick", "--out", out)
+    assert_one_clear_error(r, out, "--out names a file")
+    assert r.returncode == 2 and out.read_text() == "not a folder"
+
+
+def test_empty_instances_csv(tmp_path, mnistfc_dir):
+    bench = tmp_path / "bench"
+    _copy_instances(mnistfc_dir, bench)
+    (bench / "instances.csv").write_text("")
+    r = vsbench("verify", bench, "--out", tmp_path / "out")
+    assert_one_clear_error(r, "instances.csv", "lists no instances")
+    assert r.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_zero_byte_onnx(tmp_path, mnistfc_dir):
+    bench = tmp_path / "bench"
+    rows = _copy_instances(mnistfc_dir, bench)
+    onnx = bench / rows[0].split(",")[0]
+    onnx.write_bytes(b"")
+    r = vsbench("verify", bench, "--out", tmp_path / "out")
+    assert_one_clear_error(r, onnx.name, "0 bytes")
+    assert r.returncode == 2 and not (tmp_path / "out" / "records.jsonl").exists()
+
+
+def test_deeply_nested_vnnlib(tmp_path, mnistfc_dir):
+    bench = tmp_path / "bench"
+    rows = _copy_instances(mnistfc_dir, bench)
+    vnnlib = bench / rows[0].split(",")[1]
+    vnnlib.write_text("(declare-const X_0 Real)\n" + "(" * 100_000 + ")" * 100_000 + "\n")
+    r = vsbench("verify", bench, "--out", tmp_path / "out")
+    assert_one_clear_error(r, vnnlib.name, "expected (declare-const")
+    assert r.returncode == 2
+
+
+def test_compare_tol_nan(tmp_path):
+    r = vsbench("compare", tmp_path, tmp_path, "--tol", "nan")
+    assert_one_clear_error(r, "--tol nan")
+    assert r.returncode == 2
+
+
+def test_suite_name_escaping_the_results_folder(tmp_path):
+    bad = tmp_path / "escape.yaml"
+    bad.write_text((ROOT / "specs" / "smoke.yaml").read_text().replace("name: smoke", "name: ../../escape"))
+    r = vsbench("run", "--suite", bad, "--out", tmp_path / "out")
+    assert_one_clear_error(r, bad, "name")
+    assert r.returncode == 2 and not (tmp_path / "out").exists()

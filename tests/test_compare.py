@@ -114,3 +114,11 @@ def test_compare_cli_exit_codes(tmp_path):
     assert bad.returncode == 1 and "worse than baseline" in bad.stderr and "FAIL" in bad.stdout
     err = run(base, other)
     assert err.returncode == 2 and err.stderr.startswith("error:") and len(err.stderr.strip().splitlines()) == 1
+
+
+def test_runs_with_different_seeds_are_paired_in_seed_order(tmp_path):
+    base = make_run(tmp_path / "base", {("dense", 0): outcomes(0.8, 0)})
+    cand = make_run(tmp_path / "cand", {("dense", 1): flip(outcomes(0.8, 0), 5, 5)})
+    row = compare(base, cand).iloc[0]
+    assert (row["seeds"], row["N pairs"], row["base only"], row["cand only"]) == (1, N, 5, 5)
+    assert not row["worse"]

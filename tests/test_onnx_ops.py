@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vsbench.bounds.dag_bounds import alpha_spec, crown_spec, ibp, intermediate_bounds
+from vsbench.bounds.dag_bounds import alpha_spec, crown_spec, float32_error, ibp, intermediate_bounds
 from vsbench.bounds.graph import UnsupportedModel
 from vsbench.bounds.onnx_ops import load_onnx
 from vsbench.onnx_io import run_onnx
@@ -166,3 +166,49 @@ def test_dag_bounds_contain_sampled_outputs(case, tmp_path):
         assert (lb <= exact + 1e-9).all()
     assert (alpha >= crown - 1e-12).all()
     assert (crown >= ibp_lb - 1e-9).any()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_float32_error_bounds_onnxruntime(case, tmp_path):
+    """The float32 error bound holds for onnxruntime's outputs at sampled float32 points of the box."""
+    path = tmp_path / "m.onnx"
+    onnx.save(CASES[case], path)
+    dag = load_onnx(path)
+    lo = torch.full((1, dag.n_in), -1.0, dtype=torch.float64)
+    hi = -lo
+    rows = torch.randn(5, dag.n_out, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    err = float32_error(dag, intermediate_bounds(dag, lo, hi), rows).numpy()
+    assert (err > 0).all()
+    xs = RNG.uniform(-1, 1, size=(50, dag.n_in)).astype(np.float32)
+    exact = dag.forward(torch.as_tensor(xs, dtype=torch.float64)).numpy()
+    for x, y in zip(xs, exact):
+        assert (np.abs(rows.numpy() @ (run_onnx(path, x) - y)) <= err).all()
+
+
+def test_grafted_relu_export_reads_as_a_dag(tmp_path):
+    """A linearity-grafted layer exports as Relu, Mul and Add of two branches; the DAG reads it, agrees
+    with onnxruntime and bounds it soundly."""
+    from torch import nn
+
+    from vsbench.export.onnx import export_onnx
+    from vsbench.nets import GraftReLU
+
+    torch.manual_seed(0)
+    graft = GraftReLU((6,))
+    graft.keep[:3] = 0.0
+    with torch.no_grad():
+        graft.slope.uniform_(0, 1)
+        graft.intercept.uniform_(-0.2, 0.2)
+    model = nn.Sequential(nn.Linear(4, 6), graft, nn.Linear(6, 3)).eval()
+    path = tmp_path / "graft.onnx"
+    export_onnx(model, (4,), path)
+    dag = load_onnx(path)
+    assert dag.to_chain() is None  # two branches joined by Add
+    x = torch.rand(20, 4, dtype=torch.float64) * 2 - 1
+    for xi, yi in zip(x, dag.forward(x)):
+        assert np.allclose(yi.numpy(), run_onnx(path, xi.numpy()), atol=1e-5)
+    lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    C = torch.eye(3, dtype=torch.float64)[None]
+    lb = crown_spec(dag, lo, hi, C)
+    ys = dag.forward(torch.rand(5000, 4, dtype=torch.float64) * 2 - 1)
+    assert (ys.min(0).values >= lb[0] - 1e-9).all()

@@ -2,13 +2,14 @@
 ``unsat``, NaN weights are an ``error``, and ``confirm_counterexample`` judges the point fed to the model."""
 
 import numpy as np
+import torch
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vsbench.bounds.float_error import row_error
 from vsbench.onnx_io import confirm_counterexample, round_inside, run_onnx
-from vsbench.spec.api import Instance, Property, Region
+from vsbench.spec.api import Instance, Property, Region, Verdict
 from vsbench.spec.vnnlib import write_vnnlib
 from vsbench.verify.builtin import BuiltinVerifier
 from vsbench.verify.external import VnncompToolVerifier
@@ -146,3 +147,74 @@ def test_external_out_of_box_counterexample_is_unknown(tmp_path, identity):
     (tool / "run_instance.sh").write_text('printf "sat\\n((X_0 0.8)\\n (X_1 1.0))\\n" > "$5"\n')
     v = VnncompToolVerifier(tool).verify(identity, 10)
     assert v.status == "sat" and v.cex.tolist() == [np.float32(0.8), 1.0]
+
+
+class _Residual(torch.nn.Module):
+    """Conv, BatchNorm, a residual join, AvgPool, MaxPool and a Gemm: ops only the DAG path reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.c2, self.fc = torch.nn.Conv2d(4, 4, 3, padding=1, stride=1), torch.nn.Linear(4 * 2 * 2, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.c1(x)))
+        h = torch.relu(self.c2(h) + h)
+        h = torch.nn.functional.max_pool2d(torch.nn.functional.avg_pool2d(h, 2), 2)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dag_float32_error_bound_holds_in_onnxruntime(tmp_path, seed):
+    from vsbench.bounds.float_error import dag_row_error
+    from vsbench.bounds.onnx_ops import load_onnx
+
+    torch.manual_seed(seed)
+    net = _Residual().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2)
+    path = tmp_path / "res.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 2, 8, 8),), str(path), dynamo=False, opset_version=17)
+    exact = net.double()  # float64 arithmetic on the same (float32-valued) weights: the oracle
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-1, 0.5, 128)
+    hi = lo + 0.5
+    bound = dag_row_error(load_onnx(path), lo, hi, np.eye(5))
+    for _ in range(100):
+        x32 = rng.uniform(lo, hi).astype(np.float32)
+        with torch.no_grad():
+            want = exact(torch.as_tensor(x32, dtype=torch.float64).reshape(1, 2, 8, 8)).numpy().ravel()
+        assert np.all(np.abs(run_onnx(path, x32) - want) <= bound)
+    assert bound.max() < 1e-3  # sound, and small enough not to cost real proofs
+
+
+class OutOfBox:
+    """A verifier claiming sat at X_1 = 9, outside the box [0, 1] (where the output clause does hold)."""
+
+    name = "out-of-box"
+
+    def available(self):
+        return True, ""
+
+    def verify(self, instance, timeout):
+        return Verdict("sat", 0.01, cex=np.array([0.8, 9.0]), log="claimed outside the box")
+
+
+def test_runner_records_out_of_box_counterexample_as_unknown(tmp_path, identity):
+    import sys
+
+    import ray
+
+    from vsbench.cluster import init_ray
+    from vsbench.verify.runner import run_verification
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get OutOfBox by value
+    started = not ray.is_initialized()
+    if started:
+        init_ray(1)
+    try:
+        (rec,) = run_verification([identity], OutOfBox, tmp_path / "out", timeout_cap=10)
+    finally:
+        if started:
+            ray.shutdown()
+    assert rec["status"] == "unknown" and not rec["cex_checked"] and "outside the input box" in rec["log"]

@@ -69,7 +69,16 @@ def test_quick_profile_jobs_and_overrides(tmp_path):
     jobs = ctx.jobs()
     profile = ctx.profile
     sparse_methods = [m for m in ctx.suite.methods if m.sparsity != [0.0]]
-    assert len(jobs) == len(profile.archs) * (1 + len(sparse_methods) * len(profile.sparsity))
+    assert len(jobs) == len(profile.archs or ctx.suite.archs) * (1 + len(sparse_methods) * len(profile.sparsity))
     assert len({j.name for j in jobs}) == len(jobs)
     assert (tmp_path / "run" / "manifest.json").is_file()
     assert ctx.models_dir == tmp_path / "run" / "models"
+
+
+@pytest.mark.parametrize("name", ["mnist-eps0.3", "mnist-eps0.1"])
+def test_quick_profiles_train_a_cnn_on_the_full_set_and_verify_500_images(name):
+    suite = load_suite(name)
+    quick = suite.profile("quick")
+    assert all(a.startswith("cnn-") for a in quick.archs or suite.archs)
+    assert "n_train" not in quick.train and len(quick.sparsity) >= 3 and quick.properties >= 500
+    assert suite.profile("full").properties == 10000

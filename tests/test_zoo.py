@@ -3,7 +3,6 @@ neurons), its ONNX file holds exactly the counted nonzero parameters and FLOPs, 
 round-trips, and the built-in verifier's verdicts on it hold up (a ``sat`` replays in
 onnxruntime, an ``unsat`` survives sampling the box)."""
 
-import importlib.util
 from functools import cache
 
 import numpy as np
@@ -169,8 +168,6 @@ def test_builtin_verifier_verdicts_hold_up(method, tmp_path):
     assert {"sat", "unsat"} <= set(seen)  # eps 0.002 is provable on these barely trained nets, 0.2 is not
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vsbench.bounds.onnx_ops") is None,
-                    reason="the built-in verifier reads ONNX chains only until its DAG import lands (issue 15)")
 def test_builtin_verifier_reads_the_grafted_export(tmp_path):
     """The grafted export's Relu / Mul / Add branches are read as a DAG (no BaB there yet, so the
     large radius is one PGD refutes)."""

@@ -4,6 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+
+CONNECT_TIMEOUT_S = 10.0  # a cluster address with nothing listening fails after this, not after Ray's retries
+
+
+def check_address(address: str) -> None:
+    """``ValueError`` unless something accepts TCP connections at ``HOST:PORT`` (or ``ray://HOST:PORT``);
+    other forms (``auto``, ``local``) are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot connect to the Ray cluster at {address}: nothing answers there "
+                         f"({exc.strerror or type(exc).__name__}); start it with `ray start --head --port={port}`") from None
 
 
 def init_ray(workers: int | None = None, ray_address: str | None = None) -> None:
@@ -14,6 +31,7 @@ def init_ray(workers: int | None = None, ray_address: str | None = None) -> None
         return
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_address(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         except ConnectionError as exc:  # a bad address is bad input: one clear line from the CLI

@@ -44,7 +44,8 @@ class Affine:
     ``chain``: the equivalent op of a chain :class:`Graph` on flattened tensors, where there is one
     (``"flat"`` for ops that keep the flat order: Reshape, Flatten, Squeeze, Identity). ``mixing``:
     some output depends on several inputs (False for elementwise, reshaping and selecting ops: IBP
-    through them loses nothing).
+    through them loses nothing). ``terms``: how many roundings one output takes in float32 (the
+    float32 error bound of :mod:`vsbench.bounds.float_error`; None counts every input element).
     """
 
     fn: Callable
@@ -53,6 +54,7 @@ class Affine:
     back_fn: Callable | None = None
     chain: object = None
     mixing: bool = True
+    terms: int | None = None  # products summed per output in float32 (0: exact data movement); None: unknown
 
     def forward(self, *xs):
         y = self.fn(*xs)
@@ -72,6 +74,16 @@ class Affine:
             with torch.enable_grad():
                 outs = torch.autograd.grad(self.fn(*zeros), zeros, flat, create_graph=flat.requires_grad)
         return [o.reshape(*lead, *s) for o, s in zip(outs, in_shapes)]
+
+    def back_abs(self, A: torch.Tensor, in_shapes) -> list[torch.Tensor]:
+        """The adjoint of ``abs_fn`` (of ``fn`` where its weights are non-negative)."""
+        if self.abs_fn is None:
+            return self.back(A, in_shapes)
+        flat = A.reshape(-1, *A.shape[2:])
+        zeros = [flat.new_zeros(flat.shape[0], *s).requires_grad_() for s in in_shapes]
+        with torch.enable_grad():
+            outs = torch.autograd.grad(self.abs_fn(*zeros), zeros, flat)
+        return [o.reshape(*A.shape[:2], *s) for o, s in zip(outs, in_shapes)]
 
     def bias_term(self, A: torch.Tensor) -> torch.Tensor:
         """``<A, bias>`` per ``(B, S)``."""
@@ -170,8 +182,9 @@ class Dag:
                 nodes.append(Node(Relu(), (len(nodes) - 1,), (n,)))
                 continue
             bias = op.forward(op.weight.new_zeros(1, n) if hasattr(op, "weight") else op.a.new_zeros(1, n))[0]
+            terms = op.weight[0].numel() + 1 if hasattr(op, "weight") else 2
             affine = Affine(lambda x, op=op, bias=bias: op.forward(x) - bias, bias, op.abs_forward,
-                            lambda a, op=op: (op.back(a),), op)
+                            lambda a, op=op: (op.back(a),), op, terms=terms)
             nodes.append(Node(affine, (len(nodes) - 1,), (op.n_out,)))
         return Dag(nodes)
 

@@ -145,8 +145,9 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
     return bias + (A * ((hi + lo) / 2)).flatten(2).sum(-1) - (A.abs() * ((hi - lo) / 2)).flatten(2).sum(-1)
 
 
-def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool):
-    """CROWN bounds of node ``i`` (its unstable neurons only, if ``only_unstable``) meet ``bounds[i]``."""
+def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool, deadline=None):
+    """CROWN bounds of node ``i`` (its unstable neurons only, if ``only_unstable``) meet ``bounds[i]``;
+    chunks left when ``deadline`` expires keep ``bounds[i]``."""
     l, u = bounds[i]
     B = l.shape[0]
     lf, uf = l.reshape(B, -1).clone(), u.reshape(B, -1).clone()
@@ -155,6 +156,8 @@ def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only
     widest = max(math.prod(n.shape) for n in dag.nodes[: i + 1])
     chunk = max(1, ROW_BUDGET // (2 * B * widest))
     for s in range(0, len(cols), chunk):
+        if deadline is not None and deadline.expired():
+            break
         cc = cols[s:s + chunk]
         k = len(cc)
         C = l.new_zeros(B, 2 * k, lf.shape[1])
@@ -187,8 +190,8 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
             mixes.append(2)
         else:
             mixes.append(min(2, max(mixes[j] for j in n.inputs) + (n.op.mixing or len(n.inputs) > 1)))
-        if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu) and not (deadline is not None and deadline.expired()):
-            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, only_unstable=feeds[i])
+        if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu):
+            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, feeds[i], deadline)
     return bounds
 
 
@@ -216,6 +219,71 @@ def alpha_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, iters: i
     with torch.enable_grad():
         return optimize(lambda ps: backward(dag, lower, upper, C, bounds, slopes=dict(zip(relus, ps)), relaxed=relaxed),
                         slopes, iters, lr, _clamp01, deadline, done)
+
+
+def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
+    """For each row ``c`` of ``rows`` ``(R, n_out)``, a bound on ``|c @ (y^ - y)|`` over the box of
+    ``bounds`` (sound bounds of every node's exact value, e.g. :func:`intermediate_bounds`): ``y^``
+    as onnxruntime computes it in float32, ``y`` exact. The rounding model and constants of
+    :mod:`vsbench.bounds.float_error`, on the DAG: each op's rounding ``r_k`` (``gamma_(terms+1+EXTRA)``
+    of its float32 input's magnitude: exact bound plus a forward ``|W|`` bound of its error), then
+    ``sum_k |c J_k| r_k`` with ``c J_k`` propagated backwards as an interval (a ReLU's error gain is
+    in ``[0, 1]``, exact where the sign is sure; a MaxPool's output error is a convex combination of
+    its window's): signed, so cancellation is kept, unlike a forward ``|W|`` walk."""
+    from .float_error import EXTRA, TINY, gamma
+
+    errs, rounding = [torch.zeros_like(bounds[0][0])], [None]
+    for n in dag.nodes[1:]:
+        e_in = [errs[j] for j in n.inputs]
+        r = None
+        if isinstance(n.op, Relu):
+            err = e_in[0]
+        elif isinstance(n.op, MaxPool):
+            err = n.op.forward(e_in[0])
+        else:
+            terms = n.op.terms
+            if terms is None:  # unknown: every input element
+                terms = sum(math.prod(dag.nodes[j].shape) for j in n.inputs)
+            err = n.op.radius(*e_in)
+            if terms:
+                mags = [torch.maximum(l.abs(), u.abs()) + e for (l, u), e in zip((bounds[j] for j in n.inputs), e_in)]
+                bias = n.op.bias.abs() if n.op.bias is not None else 0.0
+                r = gamma(terms + 1 + EXTRA) * (n.op.radius(*mags) + bias) + TINY * (terms + 1)
+                err = err + r
+        errs.append(err)
+        rounding.append(r)
+    R = rows.shape[0]
+    coef = {dag.output: (rows.reshape(1, R, *dag.nodes[dag.output].shape), rows.new_zeros(()))}
+    total = rows.new_zeros(R)
+    for i in range(dag.output, 0, -1):
+        if i not in coef:
+            continue
+        m, rad = coef.pop(i)
+        n = dag.nodes[i]
+        shapes = [dag.nodes[j].shape for j in n.inputs]
+        if isinstance(n.op, Affine):
+            if rounding[i] is not None:
+                total = total + ((m.abs() + rad) * rounding[i].unsqueeze(1)).flatten(2).sum(-1)[0]
+            ins = zip(n.op.back(m, shapes), n.op.back_abs(rad.expand_as(m), shapes))
+        elif isinstance(n.op, Relu):
+            j = n.inputs[0]
+            (l, u), e = bounds[j], errs[j]
+            sure = (l - e > 0).unsqueeze(1)
+            live = (u + e > 0).unsqueeze(1)
+            lo, hi = m - rad, m + rad
+            lo = torch.where(live, torch.where(sure, lo, lo.clamp(max=0)), 0.0)
+            hi = torch.where(live, torch.where(sure, hi, hi.clamp(min=0)), 0.0)
+            ins = [((lo + hi) / 2, (hi - lo) / 2)]
+        else:
+            (C, H, W), (left, right, top, bottom) = shapes[0][-3:], n.op.pads
+            a = (m.abs() + rad).reshape(R, C, 1, -1)  # every window input may carry the max's error
+            cols = a.expand(R, C, math.prod(n.op.kernel), a.shape[-1]).reshape(R, -1, a.shape[-1])
+            x = F.fold(cols, (H + top + bottom, W + left + right), n.op.kernel, n.op.dilation, 0, n.op.stride)
+            x = x[..., top:top + H, left:left + W].reshape(1, R, *shapes[0])
+            ins = [(torch.zeros_like(x), x)]
+        for j, (mj, rj) in zip(n.inputs, ins):
+            coef[j] = (coef[j][0] + mj, coef[j][1] + rj) if j in coef else (mj, rj)
+    return total
 
 
 class ReluView:

@@ -227,3 +227,21 @@ def row_error(onnx_path: str | Path, lower: np.ndarray, upper: np.ndarray, rows:
     analysis = _Analysis(onnx_path, lower, upper, relu_bounds)
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, analysis.n_out)
     return analysis._error(rows)
+
+
+def dag_row_error(dag, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray, node_bounds=None) -> np.ndarray:
+    """:func:`row_error` for a :class:`~vsbench.bounds.dag.Dag` (any graph the ONNX op table reads):
+    :func:`vsbench.bounds.dag_bounds.float32_error` over ``node_bounds`` (the Dag's CROWN
+    intermediate bounds over the box when None)."""
+    from vsbench.bounds.dag_bounds import float32_error, intermediate_bounds
+
+    lo, hi = (torch.as_tensor(np.asarray(b, dtype=np.float64))[None] for b in (lower, upper))
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("the input box has non-finite bounds")
+    if node_bounds is None:
+        node_bounds = intermediate_bounds(dag, lo, hi)
+    rows = torch.as_tensor(np.asarray(rows, dtype=np.float64)).reshape(-1, dag.n_out)
+    err = float32_error(dag, node_bounds, rows)
+    if not torch.isfinite(err).all():
+        raise ValueError("the float32 error bound is not finite (non-finite weights?)")
+    return err.numpy()

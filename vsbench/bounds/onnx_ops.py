@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .dag import Affine, Dag, Input, MaxPool, Node, Relu
+from .float_error import BN_ROUNDINGS
 from .graph import Conv, Linear, Scale, UnsupportedModel
 
 DTYPE = torch.float64
@@ -168,13 +169,13 @@ def _matmul(c: _Ctx, x: int, M: np.ndarray, left: bool, trans_x: bool, alpha: fl
         return x.transpose(-1, -2) if trans_x else x
 
     if left:
-        op = Affine(lambda x: tr(x) @ W, abs_fn=lambda r: tr(r) @ Wabs)
+        op = Affine(lambda x: tr(x) @ W, abs_fn=lambda r: tr(r) @ Wabs, terms=W.shape[-2])
         if W.dim() == 2:
             op.back_fn = lambda a: (tr(a @ W.T),)
         if W.dim() == 2 and not trans_x and len(sx) == 2 and sx[0] == 1:
             op.chain = Linear(W.T, W.new_zeros(W.shape[1]))
     else:
-        op = Affine(lambda x: W @ tr(x), abs_fn=lambda r: Wabs @ tr(r))
+        op = Affine(lambda x: W @ tr(x), abs_fn=lambda r: Wabs @ tr(r), terms=W.shape[-1])
         if W.dim() == 2:
             op.back_fn = lambda a: (tr(W.T @ a),)
     return c.add(op, [x])
@@ -192,7 +193,7 @@ def _binary(c: _Ctx) -> int:
         sign = 1.0 if c.op == "Add" else -1.0
         sa, sb = shapes
         op = Affine(lambda x, y: _bcast(x, sa, out) + sign * _bcast(y, sb, out),
-                    abs_fn=None if sign > 0 else lambda x, y: _bcast(x, sa, out) + _bcast(y, sb, out))
+                    abs_fn=None if sign > 0 else lambda x, y: _bcast(x, sa, out) + _bcast(y, sb, out), terms=2)
         if sa == sb == out:
             op.back_fn = lambda A: (A, sign * A)
         return c.add(op, [a, b])
@@ -213,11 +214,11 @@ def _binary(c: _Ctx) -> int:
     return _elementwise(c, x, sx, out, scale, shift)
 
 
-def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift) -> int:
-    """``y = scale * x + shift`` with numpy broadcasting to ``out``."""
+def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift, terms: int = 2) -> int:
+    """``y = scale * x + shift`` with numpy broadcasting to ``out`` (``terms``: as :class:`Affine`)."""
     a = _t(np.broadcast_to(scale, out))
     op = Affine(lambda x: _bcast(x, sx, out) * a, None if shift is None else _t(np.broadcast_to(shift, out)),
-                abs_fn=lambda r: _bcast(r, sx, out) * a.abs(), mixing=False)
+                abs_fn=lambda r: _bcast(r, sx, out) * a.abs(), mixing=False, terms=terms)
     if sx == out:
         op.back_fn = lambda A: (A * a,)
         b = op.bias if op.bias is not None else torch.zeros(out, dtype=DTYPE)
@@ -227,7 +228,7 @@ def _elementwise(c: _Ctx, x: int, sx: tuple, out: tuple, scale, shift) -> int:
 
 def _neg(c: _Ctx) -> int:
     sx = c.b.shape(c.act())
-    return _elementwise(c, c.act(), sx, sx, -1.0, None)
+    return _elementwise(c, c.act(), sx, sx, -1.0, None, terms=0)
 
 
 def _batchnorm(c: _Ctx) -> int:
@@ -238,7 +239,7 @@ def _batchnorm(c: _Ctx) -> int:
     sx = c.b.shape(x)
     a = scale / np.sqrt(var + float(c.at.get("epsilon", 1e-5)))
     per = (-1,) + (1,) * (len(sx) - 2)
-    return _elementwise(c, x, sx, sx, a.reshape(per), (bias - mean * a).reshape(per))
+    return _elementwise(c, x, sx, sx, a.reshape(per), (bias - mean * a).reshape(per), terms=BN_ROUNDINGS)
 
 
 def _conv(c: _Ctx) -> int:
@@ -266,7 +267,7 @@ def _conv(c: _Ctx) -> int:
         y = F.conv2d(x4 if sym else F.pad(x4, pads), w, None, stride, pad, dil, groups)
         return y.reshape(x.shape[0], *sx[:-3], *y.shape[1:])
 
-    op = Affine(lambda x: conv(x, W), abs_fn=lambda r: conv(r, Wabs))
+    op = Affine(lambda x: conv(x, W), abs_fn=lambda r: conv(r, Wabs), terms=math.prod(W.shape[1:]))
     bias = c.const(2)
     if bias is not None:
         op.bias = _t(bias).reshape(-1, 1, 1)
@@ -309,13 +310,14 @@ def _avgpool(c: _Ctx) -> int:
         y = F.avg_pool2d(F.pad(_as4d(x), pads), kernel, stride, divisor_override=1) / div
         return y.reshape(x.shape[0], *sx[:-3], *y.shape[1:])
 
-    return c.add(Affine(fn), [x])
+    return c.add(Affine(fn, terms=math.prod(kernel) + 1), [x])
 
 
 def _global_avgpool(c: _Ctx) -> int:
     x = c.act()
     dims = tuple(range(3, len(c.b.shape(x)) + 1))
-    return c.add(Affine(lambda x: x.mean(dims, keepdim=True)), [x])
+    hw = math.prod(c.b.shape(x)[2:])
+    return c.add(Affine(lambda x: x.mean(dims, keepdim=True), terms=hw + 1), [x])
 
 
 def _maxpool(c: _Ctx) -> int:
@@ -345,7 +347,7 @@ def _pad(c: _Ctx) -> int:
     axes = [a % len(sx) for a in (axes if axes is not None else range(len(sx)))]
     begin, end = dict(zip(axes, pads[: len(axes)])), dict(zip(axes, pads[len(axes):]))
     tpads = [p for d in reversed(range(len(sx))) for p in (begin.get(d, 0), end.get(d, 0))]
-    op = Affine(lambda x: F.pad(x, tpads), mixing=False)
+    op = Affine(lambda x: F.pad(x, tpads), mixing=False, terms=0)
     if value:
         op.bias = F.pad(torch.zeros(1, *sx, dtype=DTYPE), tpads, value=value)[0] - F.pad(
             torch.zeros(1, *sx, dtype=DTYPE), tpads)[0]
@@ -355,7 +357,7 @@ def _pad(c: _Ctx) -> int:
 def _reshape_to(c: _Ctx, x: int, out: tuple) -> int:
     if math.prod(out) != math.prod(c.b.shape(x)):
         raise c.error(f"cannot reshape {list(c.b.shape(x))} to {list(out)}")
-    return c.add(Affine(lambda v: v.reshape(v.shape[0], *out), chain="flat", mixing=False), [x])
+    return c.add(Affine(lambda v: v.reshape(v.shape[0], *out), chain="flat", mixing=False, terms=0), [x])
 
 
 def _flatten(c: _Ctx) -> int:
@@ -402,7 +404,7 @@ def _transpose(c: _Ctx) -> int:
         raise c.error(f"perm {perm} is not a permutation of {len(sx)} axes")
     inv = list(np.argsort(perm))
     op = Affine(lambda v: v.permute(0, *[p + 1 for p in perm]),
-                back_fn=lambda a: (a.permute(0, *[p + 1 for p in inv]),), mixing=False)
+                back_fn=lambda a: (a.permute(0, *[p + 1 for p in inv]),), mixing=False, terms=0)
     return c.add(op, [x])
 
 
@@ -421,7 +423,7 @@ def _concat(c: _Ctx) -> int:
     def bias_part(p):
         return torch.zeros(c.b.shape(p), dtype=DTYPE) if isinstance(p, int) else p
 
-    op = Affine(fn, mixing=False)
+    op = Affine(fn, mixing=False, terms=0)
     if len(acts) < len(parts):
         op.bias = torch.cat([bias_part(p) for p in parts], axis)
     return c.add(op, acts)
@@ -436,7 +438,8 @@ def _select(c: _Ctx, x: int, axis: int, idx: np.ndarray) -> int:
         raise c.error(f"indices out of range for axis {axis} of shape {list(sx)}")
     flat = torch.as_tensor(idx.ravel() % sx[axis])
     out = (*sx[:axis], *idx.shape, *sx[axis + 1:])
-    return c.add(Affine(lambda v: v.index_select(axis + 1, flat).reshape(v.shape[0], *out), mixing=False), [x])
+    return c.add(Affine(lambda v: v.index_select(axis + 1, flat).reshape(v.shape[0], *out), mixing=False,
+                        terms=0), [x])
 
 
 def _gather(c: _Ctx) -> int:

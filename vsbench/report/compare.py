@@ -3,7 +3,8 @@
 Both runs must have drawn the same test images at the same eps (``benchmark/properties.json``);
 otherwise there is nothing to pair and :func:`compare` raises. Each row is one (arch, method,
 sparsity, verifier) of the candidate, paired image by image (and seed by seed, over the seeds both
-runs have) with the same row of the baseline. A candidate method the baseline lacks (a new
+runs have; runs without a common seed pair their seeds in sorted order) with the same row of the
+baseline. A candidate method the baseline lacks (a new
 sparsifier) is paired with the baseline's best method at the same arch and sparsity.
 
 A row *fails* only when both hold:
@@ -73,7 +74,9 @@ def _row_stats(run_dir: Path) -> pd.DataFrame:
 
 def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
     """One row per candidate row: paired counts, difference with its interval, p-values, ``worse``
-    and ``why``. Accuracies and differences in %, ``tol`` as a fraction."""
+    and ``why``. Accuracies and differences in %, ``tol`` as a fraction (finite, >= 0)."""
+    if not (0 <= tol < float("inf")):
+        raise ValueError(f"--tol {100 * tol:g}: the tolerance must be a finite number of points >= 0")
     base_set, cand_set = image_set(base_dir), image_set(cand_dir)
     if base_set != cand_set:
         raise ValueError(f"{cand_dir}: drew different test images or eps than {base_dir} "
@@ -87,11 +90,9 @@ def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
         b, against = _baseline_rows(base, arch, method, sparsity, verifier)
         if b is None:
             continue
-        seeds = sorted(set(b["seed"]) & set(c["seed"]))
-        if not seeds:
-            raise ValueError(f"{cand_dir}: {arch} {method} {sparsity:g} shares no seed with the baseline")
-        pairs = b[b["seed"].isin(seeds)].merge(c[c["seed"].isin(seeds)], on=["seed", "image"],
-                                                suffixes=("_b", "_c"))
+        seed_of = _seed_pairs(sorted(set(b["seed"])), sorted(set(c["seed"])))
+        pairs = b.merge(c.assign(seed=c["seed"].map(seed_of)).dropna(subset=["seed"]), on=["seed", "image"],
+                        suffixes=("_b", "_c"))
         base_only = int((pairs["verified_b"] & ~pairs["verified_c"]).sum())
         cand_only = int((~pairs["verified_b"] & pairs["verified_c"]).sum())
         diff, lo, hi = paired_difference(base_only, cand_only, len(pairs))
@@ -102,7 +103,7 @@ def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
         rows.append({
             "arch": arch, "method": method, "sparsity": sparsity, "verifier": verifier,
             "baseline": against if against == method else f"best baseline ({against})",
-            "seeds": len(seeds), "N pairs": len(pairs),
+            "seeds": len(seed_of), "N pairs": len(pairs),
             "verified base %": 100 * pairs["verified_b"].mean(), "verified cand %": 100 * pairs["verified_c"].mean(),
             "Δ verified": 100 * diff, "Δ lo": 100 * lo, "Δ hi": 100 * hi,
             "base only": base_only, "cand only": cand_only, "p": mcnemar_exact(base_only, cand_only),
@@ -120,6 +121,13 @@ def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
     out["worse"] = (out["Δ verified"] < -out["allowed drop"]) & (out["p Holm"] < ALPHA)
     out["why"] = [_why(r) for r in out.to_dict("records")]
     return out
+
+
+def _seed_pairs(base: list[int], cand: list[int]) -> dict[int, int]:
+    """Candidate seed -> the baseline seed it is paired with: the same seed where both runs have it,
+    else (e.g. a run with seed 1 against one with seed 0) the seeds in sorted order."""
+    common = [s for s in cand if s in base]
+    return {s: s for s in common} if common else dict(zip(cand, base))
 
 
 def _baseline_rows(base: pd.DataFrame, arch: str, method: str, sparsity: float, verifier: str):

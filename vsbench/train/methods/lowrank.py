@@ -9,7 +9,7 @@ each scored by the first-order change of the certified loss when it is removed,
 batches). Components are taken in order of score across all layers, each costing its layer's
 ``in + out`` weights, while the total fits ``(1 - sparsity)`` of the dense weights (every layer
 keeps at least its best component; phase ``rank``). Each layer becomes two affine layers, ``V``
-(rank r, no bias) then ``U`` (with the bias; for a conv: a conv with r channels then a 1x1
+(rank r, bias from 0) then ``U`` (with the layer's bias; for a conv: a conv with r channels then a 1x1
 conv), exported as two Gemm / MatMul / Conv nodes that the table's parameter and FLOP counts
 include; then certified fine-tuning of the factors (phase ``finetune``).
 
@@ -54,15 +54,17 @@ def choose_components(scores: list[torch.Tensor], costs: list[int], budget: floa
 
 
 def factor_pair(m: nn.Linear | nn.Conv2d, first: torch.Tensor, second: torch.Tensor) -> list[nn.Module]:
-    """The two layers computing ``second @ first`` in ``m``'s place (the bias on the second)."""
+    """The two layers computing ``second @ first`` in ``m``'s place (``m``'s bias on the second;
+    the first's starts at 0 and trains, a bias the export's normalisation folding would add anyway)."""
     r = first.shape[0]
     if isinstance(m, nn.Linear):
-        a, b = nn.Linear(m.in_features, r, bias=False), nn.Linear(r, m.out_features)
+        a, b = nn.Linear(m.in_features, r), nn.Linear(r, m.out_features)
     else:
-        a = nn.Conv2d(m.in_channels, r, m.kernel_size, m.stride, m.padding, bias=False)
+        a = nn.Conv2d(m.in_channels, r, m.kernel_size, m.stride, m.padding)
         b = nn.Conv2d(r, m.out_channels, 1)
     with torch.no_grad():
         a.weight.copy_(first.reshape(a.weight.shape))
+        a.bias.zero_()
         b.weight.copy_(second.reshape(b.weight.shape))
         b.bias.copy_(m.bias if m.bias is not None else torch.zeros_like(b.bias))
     return [a.to(m.weight.device), b.to(m.weight.device)]
