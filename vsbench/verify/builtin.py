@@ -343,9 +343,14 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
-    x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
-    if x is not None and (cex := check(region, x)) is not None:
-        log.append("pgd: counterexample")
+    def attack():  # the DAG path bounds first: its CROWN pass costs less than the attack there
+        x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
+        if x is not None and (cex := check(region, x)) is not None:
+            log.append("pgd: counterexample")
+            return cex
+        return None
+
+    if not isinstance(graph, Dag) and (cex := attack()) is not None:
         return "sat", cex
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
@@ -375,6 +380,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     best = clause_lb((crown_spec(p.graph, p.lo, p.hi, Call, p.bounds) - rall)[0].numpy())
     log.append(f"crown: {int((best > TAU).sum())}/{n_cl} clauses")
     open_ = [c for c in range(n_cl) if best[c] <= TAU]
+    if open_ and isinstance(graph, Dag) and (cex := attack()) is not None:
+        return "sat", cex
     row_slopes = None
     if open_ and p.layers is not None:
         ab = alpha_bounds(p.graph, p.lo, p.hi, iters=20, deadline=deadline)
