@@ -354,10 +354,17 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
-    x = pgd_attack(graph, region, restarts=cfg.attack_restarts, steps=cfg.attack_steps, deadline=deadline, seed=0)
-    if x is not None and (cex := check(region, x)) is not None:
-        log.append("pgd: counterexample")
-        log.stage = "attack"
+
+    def attack():  # the DAG path bounds first: its CROWN pass costs less than the attack there
+        x = pgd_attack(graph, region, restarts=cfg.attack_restarts, steps=cfg.attack_steps, deadline=deadline,
+                       seed=0)
+        if x is not None and (cex := check(region, x)) is not None:
+            log.append("pgd: counterexample")
+            log.stage = "attack"
+            return cex
+        return None
+
+    if not isinstance(graph, Dag) and (cex := attack()) is not None:
         return "sat", cex
     if deadline.expired():  # no time left for a bound: stop on time (the runner kills overruns)
         return "timeout", None
@@ -395,6 +402,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     if (best > TAU).any():
         log.reached("crown")
     open_ = [c for c in range(n_cl) if best[c] <= TAU]
+    if open_ and isinstance(graph, Dag) and (cex := attack()) is not None:
+        return "sat", cex
     row_slopes = None
     if open_ and p.layers is not None:
         ab = alpha_bounds(p.graph, p.lo, p.hi, iters=cfg.alpha_bound_iters, lr=cfg.lr_alpha_init, deadline=deadline)
