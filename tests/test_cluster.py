@@ -120,7 +120,7 @@ def _reference(mnistfc_dir: Path) -> dict:
 
 def _verify(bench: Path, out: Path, address: str, env: dict, **popen):
     args = [sys.executable, "-m", "vsbench.cli", "verify", str(bench), "--ray-address", address, "--out", str(out),
-            "--timeout", "60", "--json"]
+            "--timeout", "60", "--json", "--verifier-option", "fast_path=false"]  # one task per instance
     return subprocess.Popen(args, env=env, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills its worker
 LOG_CHARS = 4000
 START_FAILURES = 3  # workers that may fail to start in one run (replaced) before the run stops
+START_WAIT_S = 60.0  # the longest the queue waits for the first workers to start before it dispatches
 
 
 class _Worker:
@@ -133,7 +134,7 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
         name = verifier_name
     else:
         verifier = verifier_name()
-        name = getattr(verifier, "name", verifier_name.__name__)
+        name = getattr(verifier, "name", None) or getattr(verifier_name, "name", None) or verifier_name.__name__
     identity = verifier_identity(verifier, name)
     fields = {id(i): {"onnx_sha256": file_sha256(i.onnx), "vnnlib_sha256": file_sha256(i.vnnlib), **identity,
                       "timeout": min(i.timeout, timeout_cap) if timeout_cap else i.timeout} for i in instances}
@@ -219,7 +220,8 @@ def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, w
              progress: Callable[[int], None] | None) -> None:
     """Decide ``todo`` on warm :class:`_Worker` actors, at most ``workers`` at a time;
     ``finish(instance, attempt, result)`` for each as it ends (verdict, error, or stopped ``grace_s``
-    after its timeout). An instance's clock starts when a started worker takes it."""
+    after its timeout). An instance's clock starts when a started worker takes it; the first instances
+    wait until the first workers have all started (at most ``START_WAIT_S``), so every node gets work."""
     import ray
 
     init_ray(workers and workers * cores, ray_address)
@@ -243,9 +245,11 @@ def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, w
 
     for _ in range(min(max(1, min(cpus // cores, workers or 10**6)), len(todo))):
         start_worker()
+    first = set(starting)  # the first workers: the queue waits (up to START_WAIT_S) until all are up,
+    spread_until = time.monotonic() + START_WAIT_S  # so that a slow-starting node still gets its share
     try:
         while queue or running:
-            while queue and idle:
+            while queue and idle and not (first & starting.keys() and time.monotonic() < spread_until):
                 inst, attempt = queue.pop(0)
                 w = idle.pop()
                 running[w.verify.remote(inst, timeouts[id(inst)], memory_mb)] = (w, inst, time.monotonic(), attempt)
