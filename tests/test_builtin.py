@@ -15,6 +15,7 @@ from vsbench.bounds.graph import Graph, ReLU
 from vsbench.spec.api import Deadline, Instance, Property, Region
 from vsbench.verify import builtin
 from vsbench.verify.builtin import BuiltinVerifier, simplify, verify_property
+from vsbench.verify.config import VerifierConfig
 from vsbench.verify.milp import TAU, milp_clause
 
 MNISTFC = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) / "vnncomp2021-mnistfc"
@@ -60,18 +61,19 @@ def _truth(layers, region):
 
 
 @pytest.mark.parametrize("threads,seeds", [(1, 200), (2, 100)])
-def test_verifier_never_contradicts_milp(threads, seeds, monkeypatch):
+def test_verifier_never_contradicts_milp(threads, seeds):
     """One thread: BaB alone. Two: clause MILPs in a thread beside BaB. BaB rounds of 2 ms (instead
     of 1 s), so that on these small problems the refined bounds replace BaB's after its first step
-    and the MILPs race BaB."""
+    and the MILPs race BaB. ReLU splitting only (these nets have 2-4 inputs: input splitting is
+    tested in test_input_split.py)."""
     torch.set_num_threads(threads)
-    monkeypatch.setattr(builtin, "SLICE_S", 0.002)
+    config = VerifierConfig(slice_s=0.002, input_split=False)
     counts = {"sat": 0, "unsat": 0, "bab": 0, "milp": 0, "refine": 0}
     for seed in range(seeds):
         layers, region = _problem(seed)
         g = Graph.from_dense(layers)
         prop = Property([region])
-        v = verify_property(g, prop, Deadline(20))
+        v = verify_property(g, prop, Deadline(20), config=config)
         truth = _truth(layers, region)
         assert v.status in ("sat", "unsat"), (seed, v.status, v.log)
         if v.status == "sat":

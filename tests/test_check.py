@@ -67,6 +67,52 @@ def test_not_a_benchmark(tmp_path):
     assert check_benchmark(tmp_path)[0].startswith("several *instances.csv")
 
 
+def test_gz_folder_and_warnings(bench):
+    """A gz-compressed copy checks as the plain folder does; a total under 3 h and a model Marabou's parser
+    rejects (broadcasting Sub, as torch exports a normalisation) or with an uncommon op are warnings."""
+    import gzip
+
+    warnings = []
+    assert check_benchmark(bench, warnings) == []
+    assert warnings == ["instances.csv: timeouts sum to 240 s, under VNN-COMP's minimum of 10800 s"]
+    for f in [bench / "mnist-net_256x2.onnx", *(bench / p for p in PROPS)]:
+        f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    (bench / "instances.csv").write_text("".join(f"mnist-net_256x2.onnx.gz,{p}.gz,5400\n" for p in PROPS))
+    warnings = []
+    assert check_benchmark(bench, warnings) == [] and warnings == []
+    assert sorted(p.name for p in bench.iterdir()) == sorted(  # nothing decompressed beside the inputs
+        ["instances.csv", "mnist-net_256x2.onnx.gz"] + [p + ".gz" for p in PROPS])
+
+
+def test_uncommon_ops_and_marabou_parser_are_flagged(bench):
+    import torch
+    from torch import nn
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.sin(x.flatten(1) - 0.5)[:, :10]
+
+    torch.onnx.export(Odd(), (torch.zeros(1, 1, 28, 28),), str(bench / "odd.onnx"), dynamo=False, opset_version=13)
+    (bench / "instances.csv").write_text(f"odd.onnx,{PROPS[0]},20000\n")
+    warnings = []
+    assert check_benchmark(bench, warnings) == []
+    assert any(w.startswith("odd.onnx: ops that common tools do not read: Sin") for w in warnings)
+    pytest.importorskip("maraboupy")
+    assert any(w.startswith("odd.onnx: Marabou's ONNX parser cannot read it") for w in warnings)
+
+
+def test_onnx_checker_failure_is_a_problem(bench):
+    """A declared output shape that contradicts the graph: onnxruntime runs it, the full check rejects it."""
+    import onnx
+
+    model = onnx.load(str(bench / "mnist-net_256x2.onnx"))
+    model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = 7
+    onnx.save(model, str(bench / "mnist-net_256x2.onnx"))
+    problems = check_benchmark(bench)
+    assert any(p.startswith("mnist-net_256x2.onnx: fails onnx.checker") for p in problems), problems
+
+
 def test_header_row_empty_csv_and_zero_byte_onnx(bench):
     """VNN-COMP's instances.csv has no header: a header row is one clear problem (not three)."""
     rows = (bench / "instances.csv").read_text()

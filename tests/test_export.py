@@ -1,5 +1,6 @@
 """ONNX export (checked in onnxruntime), ONNX size / FLOP counts and VNN-COMP benchmark folders."""
 
+import ast
 import gzip
 import hashlib
 import json
@@ -14,7 +15,13 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from vsbench.bounds.graph import from_onnx
-from vsbench.export.benchmark import BenchmarkError, choose_indices, read_instances, regenerate, write_benchmark
+from vsbench.export.benchmark import (
+    BenchmarkError,
+    choose_indices,
+    read_instances,
+    regenerate,
+    write_benchmark,
+)
 from vsbench.export.onnx import OPSET, ExportError, export_onnx, onnx_stats
 from vsbench.nets import ARCHS, BN_SUFFIX, build_net, list_nets
 from vsbench.onnx_io import run_onnx
@@ -186,9 +193,14 @@ def test_benchmark_folder(tmp_path, data_dir):
     files = {p: p.read_bytes() for p in sorted(out.rglob("*"))
              if p.is_file() and p.suffix != ".onnx" and p.name != "manifest.json"}
     assert regenerate(out, 4) != inst and (out / "instances.csv").read_bytes() != files[out / "instances.csv"]
-    subprocess.run([sys.executable, "generate_properties.py", "3"], cwd=out, check=True, timeout=120)
+    # the folder's own script, with vsbench, torch and the ONNX libraries made unimportable
+    script = ("import runpy, sys\nfor m in ('vsbench', 'torch', 'onnx', 'onnxruntime'): sys.modules[m] = None\n"
+              f"sys.argv = ['generate_properties.py', '3', {str(data_dir)!r}]\n"
+              "runpy.run_path('generate_properties.py', run_name='__main__')\n")
+    subprocess.run([sys.executable, "-c", script], cwd=out, check=True, timeout=120)
     assert {p: p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and p.suffix != ".onnx" and p.name != "manifest.json"} == files
+    ast.parse((out / "generate_properties.py").read_text(), feature_version=(3, 8))  # Python 3.8 syntax
 
 
 def test_read_mnistfc(mnistfc_dir):

@@ -1,7 +1,9 @@
 """External verifiers for real: maraboupy on tiny nets and mnistfc, VNN-COMP scripts as subprocesses."""
 
+import csv
 import gzip
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -12,12 +14,21 @@ from torch import nn
 
 from vsbench.export.benchmark import read_instances
 from vsbench.export.onnx import export_onnx
-from vsbench.onnx_io import run_onnx
-from vsbench.spec.vnnlib import write_vnnlib
+from vsbench.onnx_io import confirm_counterexample, run_onnx
+from vsbench.report.vnncomp import write_vnncomp
 from vsbench.spec.api import Instance, Property, Region
-from vsbench.verify.external import (AbcrownVerifier, MarabouVerifier, ResultFileError, VnncompToolVerifier,
-                                     find_abcrown, read_result_file, write_result_file)
-from vsbench.onnx_io import confirm_counterexample
+from vsbench.spec.vnnlib import read_vnnlib, write_vnnlib
+from vsbench.verify.external import (
+    AbcrownVerifier,
+    MarabouVerifier,
+    ResultFileError,
+    VnncompToolVerifier,
+    find_abcrown,
+    read_result_file,
+    write_result_file,
+)
+from vsbench.verify.registry import get_verifier, resolved
+from vsbench.verify.runner import run_verification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,17 +108,21 @@ def test_result_files(tmp_path):
 
 
 @pytest.mark.parametrize("text, want", [
-    ("sat ((X_0 0.5) (X_1 -2) (Y_0 1) (Y_1 3))", ("sat", [0.5, -2.0])),  # one line, as some tools write it
-    ("  SAT\n((X_0 0.5)(X_1 1e-3)(Y_0 1))", ("sat", [0.5, 0.001])),
-    ("sat\nX float32 [1, 2]\n0.5\n0.25\nY float32 [1, 2]\n1.0\n2.0\n", ("sat", [0.5, 0.25])),  # VNN-LIB 2.0
-    ("violated", ("unknown", None)),  # no witness: the runner cannot confirm it
+    ("sat ((X_0 0.5) (X_1 0.75) (Y_0 1) (Y_1 3))", ("sat", [0.5, 0.75])),  # one line, as some tools write it
+    ("  SAT\n((X_0 125e-3)(X_1 0.5)(Y_0 1))", ("sat", [0.125, 0.5])),
+    ("sat\nX float32 [1, 2]\n0.25\n0.5\nY float32 [1, 2]\n1.0\n2.0\n", ("sat", [0.25, 0.5])),  # VNN-LIB 2.0
+    ("violated\n((X_0 0.75) (X_1 0.25))", ("unknown", None)),  # confirmed in onnxruntime: y0 > y1 there
+    ("sat ((X_0 0.5) (X_1 1.5))", ("unknown", None)),  # outside the input box: rejected, not clipped
+    ("violated", ("unknown", None)),  # no witness: nothing to confirm
     ("unsat\n", ("unsat", None)), ("holds", ("unsat", None)), ("timeout", ("timeout", None)),
     ("unknown", ("unknown", None)), ("error\nsomething failed", ("error", None)),
 ])
 def test_every_result_form_through_a_tool(tmp_path, relu_onnx, text, want):
-    """A tool whose run_instance.sh writes each result form the 2021-2025 scripts accept."""
+    """A tool whose run_instance.sh writes each result form the 2021-2025 scripts accept; every witness
+    goes through the one shared confirmation (box [0, 1]^2, violated where y0 <= y1)."""
+    write_vnnlib(tmp_path / "p.vnnlib", Property([y0_le_y1([0.0, 0.0], [1.0, 1.0])]))
     tool = probe_tool(tmp_path / "tool", result=text)
-    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, relu_onnx, 10), 10)
+    v = VnncompToolVerifier(tool).verify(Instance(relu_onnx, tmp_path / "p.vnnlib", 10), 10)
     assert (v.status, None if v.cex is None else v.cex.tolist()) == want, v.log
 
 
@@ -182,7 +197,7 @@ def test_vnncomp_tool_killed_at_timeout_plus_grace(tmp_path):
     assert v.status == "timeout" and time.monotonic() - t0 >= 3 and "killed" in v.log
     time.sleep(0.2)
     status = f"/proc/{int(pidfile.read_text())}/status"
-    assert not os.path.exists(status) or "zombie" in open(status).read()  # the child is dead too
+    assert not os.path.exists(status) or "zombie" in Path(status).read_text()  # the child is dead too
     (tmp_path / "run_instance.sh").write_text("echo broken >&2; exit 3\n")
     v = VnncompToolVerifier(tmp_path).verify(Instance(tmp_path / "m.onnx", tmp_path / "p.vnnlib", 5), 5)
     assert v.status == "error" and "exited 3" in v.log and "broken" in v.log
@@ -203,24 +218,40 @@ def test_abcrown_discovery(monkeypatch, tmp_path):
 
 
 STAND_IN = """
-import sys, yaml
+import os, sys, yaml
 cfg = yaml.safe_load(open(sys.argv[2]))
 assert sys.argv[1] == "--config" and cfg["general"]["device"] == "cpu" and cfg["general"]["save_adv_example"]
-assert cfg["model"]["onnx_path"].endswith(".onnx") and cfg["specification"]["vnnlib_path"].endswith(".vnnlib")
-print("stand-in abcrown, timeout", cfg["bab"]["timeout"])
+onnx, vnnlib = cfg["model"]["onnx_path"], cfg["specification"]["vnnlib_path"]
+assert onnx.endswith(".onnx") and vnnlib.endswith(".vnnlib")
+for path in (onnx + ".optimized", vnnlib + ".compiled"):  # the cache files the real tool writes beside its inputs
+    open(path, "w").write("cache")
+print("stand-in abcrown, timeout", cfg["bab"]["timeout"], "beta", cfg.get("solver", {}).get("beta"))
 with open(cfg["general"]["results_file"], "w") as f:
     f.write("sat\\n((X_0 0.75)\\n (X_1 0.5)\\n (Y_0 0.75)\\n (Y_1 0.5))\\n")
 """
 
 
 def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
-    """The adapter's YAML and result parsing, run against a stand-in abcrown.py (a real subprocess)."""
+    """The adapter's YAML, the tool's own config kept, inputs in the adapter's temporary folder (the
+    benchmark folder is left unchanged) and result parsing, against a stand-in abcrown.py (a real subprocess)."""
     (tmp_path / "abcrown.py").write_text(STAND_IN)
     monkeypatch.setenv("ABCROWN_PATH", str(tmp_path))
-    vnnlib = tmp_path / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    onnx = Path(shutil.copy(relu_onnx, bench))
+    vnnlib = bench / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
     write_vnnlib(vnnlib, Property([Region(np.zeros(2), np.ones(2), [(np.array([[-1.0, 1.0]]), np.zeros(1))])]))
-    v = AbcrownVerifier(device="cpu").verify(Instance(relu_onnx, vnnlib, 7), 7)
-    assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0" in v.log
+    before = {p.name: p.read_bytes() for p in bench.iterdir()}
+    v = AbcrownVerifier(device="cpu").verify(Instance(onnx, vnnlib, 7), 7)
+    assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0 beta None" in v.log
+    config = tmp_path / "mnistfc.yaml"
+    config.write_text("solver:\n  beta: true\nbab:\n  timeout: 1000\ngeneral:\n  csv_name: instances.csv\n")
+    tool = get_verifier(resolved(f"abcrown:{config}"))
+    assert tool.available() == (True, "") and tool.config_hash() != AbcrownVerifier().config_hash()
+    v = tool.verify(Instance(onnx, vnnlib, 7), 7)
+    assert v.status == "sat" and "timeout 7.0 beta True" in v.log, v.log
+    assert {p.name: p.read_bytes() for p in bench.iterdir()} == before  # no cache file beside the inputs
+    assert not AbcrownVerifier(tmp_path / "missing.yaml").available()[0]
 
 
 @pytest.mark.skipif(not AbcrownVerifier().available()[0], reason=AbcrownVerifier().available()[1])
@@ -231,3 +262,76 @@ def test_abcrown_mnistfc(mnistfc_dir):
     assert confirm_counterexample(inst, v.cex)[0] is not None
     v = AbcrownVerifier().verify(Instance(inst.onnx, mnistfc_dir / "prop_0_0.03.vnnlib", 60), 60)
     assert v.status == "unsat", v.log
+
+
+def official_counterexample_check(ce_path, onnx_path, vnnlib_path, tol=1e-4):
+    """The VNN-COMP 2022+ scoring's counterexample rules, re-implemented: the file is ``((X_0 v) ... (Y_0 v))``
+    (newlines as spaces), X then Y indices in order; the inputs, cast to the model's input type and shape,
+    run in a fresh onnxruntime session must give the file's outputs within ``tol`` (L-inf), lie in an
+    input box of the property (within ``tol``) and meet one of its output clauses there."""
+    import onnx
+    import onnxruntime as ort
+
+    content = ce_path.read_text().replace("\n", " ").strip()
+    assert content[0] == "(" and content[-1] == ")"
+    values = {"X_": [], "Y_": []}
+    for part in content[1:-1].split(")"):
+        part = " ".join(part.split())
+        if not part:
+            continue
+        assert part[0] == "("
+        name, num = part[1:].strip().split(" ")
+        assert name[:2] in values and int(name[2:]) == len(values[name[:2]])
+        values[name[:2]].append(float(num))
+    model = onnx.load(str(onnx_path))
+    inp = model.graph.input[0]
+    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {inp.name: np.array(values["X_"], dtype=dtype).reshape(shape)})[0].ravel()
+    if not np.max(np.abs(y - np.array(values["Y_"]))) < tol:
+        return False
+    x, y_file = np.array(values["X_"]), np.array(values["Y_"])
+    for region in read_vnnlib(vnnlib_path).regions:
+        inside = np.all(x >= region.lower - tol) and np.all(x <= region.upper + tol)
+        if inside and any(np.all(C @ y_file <= rhs + tol) for C, rhs in region.clauses):
+            return True
+    return False
+
+
+def test_vnncomp_run_and_competition_outputs(tmp_path, relu_onnx, monkeypatch):
+    """A probe tool on a gz benchmark through the runner: records carry the category and the uncharged
+    prepare time; ``write_vnncomp`` gives results.csv in the competition's six columns, a counterexample
+    file that the official check accepts, and the accumulated times."""
+    monkeypatch.setenv("VSBENCH_CACHE", str(tmp_path / "cache"))
+    bench = tmp_path / "relu-bench"
+    write_vnnlib(tmp_path / "sat.vnnlib", Property([y0_le_y1([0.5, 0.0], [1.0, 0.6])]))
+    write_vnnlib(tmp_path / "unsat.vnnlib", Property([y0_le_y1([0.5, 0.0], [1.0, 0.4])]))
+    gz_benchmark(bench, relu_onnx, (tmp_path / "sat.vnnlib").read_text(), 5)
+    (bench / "vnnlib" / "q.vnnlib.gz").write_bytes(gzip.compress((tmp_path / "unsat.vnnlib").read_bytes()))
+    with open(bench / "instances.csv", "a") as f:
+        f.write("onnx/relu.onnx.gz,vnnlib/q.vnnlib.gz,5\n")
+    tool = probe_tool(tmp_path / "tool", prepare_sleep=0.5)
+    (tool / "run_instance.sh").write_text(  # sat with a witness on p, unsat on q
+        'if [[ "$4" == */p.vnnlib ]]; then printf "sat\\n((X_0 0.5)\\n(X_1 0.55)\\n(Y_0 0.5)\\n(Y_1 0.55))\\n" > "$5";'
+        ' else echo unsat > "$5"; fi\n')
+    run = tmp_path / "run"
+    records = run_verification(read_instances(bench), f"vnncomp:{tool}", run, workers=1)
+    assert [r["status"] for r in records] == ["sat", "unsat"] and records[0]["cex_checked"]
+    assert all(r["category"] == "relu-bench" and r["prepare_s"] >= 0.5 for r in records)
+
+    (folder,) = write_vnncomp(run).values()
+    rows = list(csv.reader((folder / "results.csv").read_text().splitlines()))
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [
+        ("relu-bench", "onnx/relu.onnx.gz", "vnnlib/p.vnnlib.gz", "sat"),
+        ("relu-bench", "onnx/relu.onnx.gz", "vnnlib/q.vnnlib.gz", "unsat")]
+    assert all(float(r[3]) >= 0.5 and float(r[5]) == pytest.approx(rec["time_s"], abs=1e-3)
+               for r, rec in zip(rows, records))
+    (ce,) = (folder / "relu-bench").iterdir()
+    assert ce.name == "relu_p.counterexample"
+    assert official_counterexample_check(ce, relu_onnx, tmp_path / "sat.vnnlib")
+    assert not official_counterexample_check(ce, relu_onnx, tmp_path / "unsat.vnnlib")  # the check can fail
+    cactus = (folder / "cactus.csv").read_text().splitlines()
+    times = sorted(r["time_s"] for r in records)
+    assert cactus[0] == "solved,time_s,accumulated_s" and len(cactus) == 3
+    assert float(cactus[2].split(",")[2]) == pytest.approx(sum(times), abs=1e-3)

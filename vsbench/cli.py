@@ -102,7 +102,16 @@ OUT = typer.Option(None, "--out", "-o", help="Run folder (default results/SUITE-
 WORKERS = typer.Option(None, "--workers", "-w", help="Parallel Ray workers (default: all CPUs).")
 RAY = typer.Option(None, "--ray-address", help="Existing Ray cluster address (or set RAY_ADDRESS); default: local Ray.")
 MEMORY = typer.Option(None, "--memory-mb", help="Memory cap per verification instance (MiB); over it -> error: out of memory.")
+VOPTION = typer.Option([], "--verifier-option", help="KEY=VALUE setting of the built-in verifier (repeatable; see vsbench/verify/config.py).")
+VCONFIG = typer.Option(None, "--verifier-config", help="YAML file of built-in verifier settings (--verifier-option wins); "
+                       "with --verifier abcrown, alpha-beta-CROWN's own config for the benchmark.")
 DATA = typer.Option(None, "--data-dir", help="Dataset folder (else $VSBENCH_DATA, else the user cache with download).")
+
+
+def _verifier_options(config_file: Optional[Path], pairs: list[str]) -> dict:
+    from vsbench.verify.config import load_options, parse_options
+
+    return {**(load_options(config_file) if config_file else {}), **parse_options(pairs)}
 
 
 def _run_context(suite: str, profile: Optional[str], out: Optional[Path], data_dir: Optional[Path]):
@@ -122,15 +131,23 @@ def run(
     data_dir: Optional[Path] = DATA,
     verifier: Optional[str] = typer.Option(None, "--verifier", help="Verifier name (default: the suite's)."),
     memory_mb: Optional[int] = MEMORY,
+    verifier_option: list[str] = VOPTION,
+    verifier_config: Optional[Path] = VCONFIG,
 ):
     """Train, export, verify and report a whole suite (resumes where a previous run stopped)."""
     from vsbench.pipeline import export_models, train_models, verify_models, write_report
+    from vsbench.suites import load_suite
+    from vsbench.verify.registry import with_options
 
     check_options(out=out, ray_address=ray_address)
+    options = _verifier_options(verifier_config, verifier_option)
+    chosen = load_suite(suite)
+    with_options(verifier or chosen.verifier, {**chosen.verifier_options, **options})  # bad options: before any work
     with _run_context(suite, profile, out, data_dir) as ctx:
         train_models(ctx, workers=workers, ray_address=ray_address)
         export_models(ctx)
-        verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb)
+        verify_models(ctx, workers=workers, ray_address=ray_address, verifier=verifier, memory_mb=memory_mb,
+                      verifier_options=options)
         df = write_report(ctx.run_dir)
     print_table(df.round(2), f"{ctx.suite.name} ({ctx.profile_name})")
     console.print(f"tables: {ctx.run_dir / 'tables'}  plots: {ctx.run_dir / 'plots'}  wall: {ctx.elapsed():.0f} s")
@@ -163,13 +180,20 @@ def export(
     out: Optional[Path] = OUT,
     data_dir: Optional[Path] = DATA,
     vnncomp: Optional[Path] = typer.Option(None, "--vnncomp", help="Write the VNN-COMP benchmark folder here instead of RUN/benchmark."),
+    gzip: bool = typer.Option(False, "--gzip", help="With --vnncomp: write onnx/*.onnx.gz and vnnlib/*.vnnlib.gz."),
 ):
     """Export trained models to ONNX and their properties to VNN-LIB (+ instances.csv)."""
     from vsbench.pipeline import export_models
 
+    if gzip and vnncomp is None:
+        raise ValueError("--gzip needs --vnncomp DIR (the run's own benchmark folder stays uncompressed)")
     check_options(out=out)
     with _run_context(suite, profile, out, data_dir) as ctx:
         bench = export_models(ctx, vnncomp_dir=vnncomp)
+    if gzip:
+        from vsbench.export.benchmark import gzip_benchmark
+
+        gzip_benchmark(bench)
     console.print(f"benchmark: {vnncomp or bench}")
 
 
@@ -189,21 +213,30 @@ def verify(
     memory_mb: Optional[int] = MEMORY,
     cores: int = typer.Option(1, "--cores", min=1, help="CPUs per instance (builtin: 2+ runs clause MILPs beside BaB)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON lines."),
+    category: Optional[str] = typer.Option(None, "--category", help="VNN-COMP category passed to a vnncomp: "
+                                           "tool's scripts (default: the benchmark folder's name)."),
+    verifier_option: list[str] = VOPTION,
+    verifier_config: Optional[Path] = VCONFIG,
 ):
     """Verify every instance of a VNN-COMP benchmark folder, in parallel with Ray."""
     from vsbench.export.benchmark import read_instances
     from vsbench.report.tables import benchmark_summary
     from vsbench.pipeline import check_inputs, progress_bar
+    from vsbench.verify.registry import with_options
     from vsbench.verify.runner import run_verification
 
     import pandas as pd
 
     check_options(timeout, out, ray_address)
-    instances = read_instances(benchmark_dir, only=filter)
+    if verifier == "abcrown" and verifier_config is not None and not verifier_option:
+        chosen = f"abcrown:{verifier_config}"  # the tool's own per-benchmark YAML
+    else:
+        chosen = with_options(verifier, _verifier_options(verifier_config, verifier_option))
+    instances = read_instances(benchmark_dir, only=filter, category=category)
     check_inputs(instances)
     out = out or Path("results") / f"verify-{Path(benchmark_dir).resolve().name}"
     with progress_bar() as progress:
-        records = run_verification(instances, verifier, out, workers=workers, ray_address=ray_address,
+        records = run_verification(instances, chosen, out, workers=workers, ray_address=ray_address,
                                    timeout_cap=timeout, progress=progress, memory_mb=memory_mb, cores=cores)
     if as_json:
         for r in records:
@@ -215,12 +248,21 @@ def verify(
 
 @app.command()
 @user_errors
-def report(run_dir: Path = typer.Argument(..., help="A run folder (with records.jsonl).")):
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder (with records.jsonl)."),
+    vnncomp: bool = typer.Option(False, "--vnncomp", help="Also write RUN/vnncomp/VERIFIER/: results.csv, "
+                                 ".counterexample files and cactus.csv, in VNN-COMP's formats."),
+):
     """Rebuild the tables and plots of a run from its records alone."""
     from vsbench.pipeline import write_report
 
     if not (run_dir / "records.jsonl").is_file() and not (run_dir / "models.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir}: no records.jsonl or models.jsonl (not a vsbench run folder)")
+    if vnncomp:
+        from vsbench.report.vnncomp import write_vnncomp
+
+        for verifier, folder in write_vnncomp(run_dir).items():
+            console.print(f"{verifier}: {folder / 'results.csv'}")
     print_table(write_report(run_dir).round(2), str(run_dir))
     console.print(f"tables: {run_dir / 'tables'}")
 
@@ -243,7 +285,8 @@ def compare(
     else:
         shown = ["arch", "method", "sparsity", "verifier", "baseline", "N pairs", "verified base %",
                  "verified cand %", "Δ verified", "Δ lo", "Δ hi", "p Holm", "why"]
-        print_table(df[shown].round({c: 1 for c in shown[6:11]} | {"p Holm": 4}), f"{cand_run} vs {base_run}")
+        table = df[shown].round({c: 1 for c in shown[6:11]}).assign(**{"p Holm": df["p Holm"].map("{:.2g}".format)})
+        print_table(table, f"{cand_run} vs {base_run}")
     worse = df[df["worse"]]
     if len(worse):
         err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points, "
@@ -297,7 +340,10 @@ def check_benchmark(benchmark_dir: Path = typer.Argument(..., help="A VNN-COMP b
     """Validate a VNN-COMP benchmark folder: files, ONNX runs, VNN-LIB parses, sizes match, timeouts."""
     from vsbench.export.check import check_benchmark as check
 
-    problems = check(benchmark_dir)
+    warnings: list[str] = []
+    problems = check(benchmark_dir, warnings)
+    for w in warnings:
+        err_console.print(f"{benchmark_dir}: warning: {w}", markup=False, highlight=False)
     for p in problems:
         err_console.print(f"{benchmark_dir}: {p}", markup=False, highlight=False)
     if problems:

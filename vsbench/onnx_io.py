@@ -37,7 +37,9 @@ def check_finite(path: str | Path) -> None:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    from vsbench.gz import plain_path
+
+    model = onnx.load(str(plain_path(path)))
     tensors = [(t.name, t) for t in model.graph.initializer]
     tensors += [(n.output[0], a.t) for n in model.graph.node if n.op_type == "Constant"
                 for a in n.attribute if a.name == "value"]

@@ -312,9 +312,12 @@ def export_models(ctx: RunContext, vnncomp_dir: Path | None = None) -> Path:
 
 
 def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str | None = None,
-                  verifier: str | None = None, memory_mb: int | None = None) -> list[dict]:
-    """Verify every instance of the run's benchmark folder; records land in ``run_dir/records.jsonl``."""
+                  verifier: str | None = None, memory_mb: int | None = None,
+                  verifier_options: dict | None = None) -> list[dict]:
+    """Verify every instance of the run's benchmark folder; records land in ``run_dir/records.jsonl``.
+    ``verifier_options`` override the suite's ``verifier_options`` key by key."""
     from vsbench.export.benchmark import read_instances
+    from vsbench.verify.registry import with_options
     from vsbench.verify.runner import run_verification
 
     meta = {}
@@ -325,7 +328,8 @@ def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str 
     for inst in instances:
         inst.meta.update(meta.get(Path(inst.onnx).stem, {}))
     with progress_bar() as progress:
-        return run_verification(instances, verifier or ctx.suite.verifier, ctx.run_dir,
+        chosen = with_options(verifier or ctx.suite.verifier, {**ctx.suite.verifier_options, **(verifier_options or {})})
+        return run_verification(instances, chosen, ctx.run_dir,
                                 workers=workers, ray_address=ray_address, progress=progress, memory_mb=memory_mb)
 
 
@@ -338,9 +342,11 @@ def check_inputs(instances) -> None:
 
     from vsbench.spec.vnnlib import read_vnnlib
 
+    from vsbench.gz import plain_path
+
     for path in sorted({Path(i.onnx) for i in instances}):
         try:
-            model = onnx.load(str(path))
+            model = onnx.load(str(plain_path(path)))  # .onnx.gz: its decompressed copy
         except Exception as exc:  # protobuf DecodeError, OSError, ...: all mean "not an ONNX model"
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
         if not model.graph.input:  # a 0-byte file parses as an empty model

@@ -67,6 +67,7 @@ class Suite(Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     verifier: str = "builtin"
+    verifier_options: dict[str, Any] = Field(default_factory=dict)  # VerifierConfig settings (builtin)
     property_seed: int = 0
     profiles: dict[str, Profile]
 
@@ -146,6 +147,13 @@ def _check_names(suite: Suite, path: Path) -> None:
         get_verifier(suite.verifier)
     except ValueError as exc:
         raise SuiteError(f"{path}: verifier: {exc}") from None
+    if suite.verifier_options:
+        from vsbench.verify.registry import with_options
+
+        try:
+            with_options(suite.verifier, suite.verifier_options)
+        except ValueError as exc:
+            raise SuiteError(f"{path}: verifier_options: {exc}") from None
     if suite.dataset not in DATASETS:
         raise SuiteError(f"{path}: unknown dataset '{suite.dataset}' (known: {', '.join(DATASETS)})")
     for profile_name, profile in suite.profiles.items():

@@ -25,12 +25,13 @@ def main(argv: list[str]) -> int:
     except ValueError:
         print(f"vnncomp_run: timeout {timeout!r} is not a number", file=sys.stderr)
         return 2
+    from vsbench.gz import plain_instance
     from vsbench.onnx_io import run_onnx
     from vsbench.spec.api import Instance
     from vsbench.verify.external import write_result_file
     from vsbench.verify.registry import get_verifier
 
-    verdict = get_verifier("builtin").verify(Instance(Path(onnx), Path(vnnlib), budget),
+    verdict = get_verifier("builtin").verify(plain_instance(Instance(Path(onnx), Path(vnnlib), budget)),
                                              max(0.1, budget - (time.monotonic() - START)))
     y = run_onnx(onnx, verdict.cex) if verdict.status == "sat" and verdict.cex is not None else None
     status = verdict.status if verdict.status != "sat" or y is not None else "unknown"

@@ -168,7 +168,6 @@ def _matmul(c: _Ctx, x: int, M: np.ndarray, left: bool, trans_x: bool, alpha: fl
     def tr(x):
         return x.transpose(-1, -2) if trans_x else x
 
-    k = W.shape[0] if left else W.shape[-1]  # terms summed per output
     if left:
         op = Affine(lambda x: tr(x) @ W, abs_fn=lambda r: tr(r) @ Wabs, terms=W.shape[-2])
         if W.dim() == 2:

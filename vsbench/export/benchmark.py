@@ -17,9 +17,9 @@ import numpy as np
 
 from vsbench.export.onnx import export_onnx
 from vsbench.onnx_io import run_onnx
+from vsbench.spec.api import Instance
 from vsbench.spec.vnnlib import robustness_property, write_vnnlib
 from vsbench.store import write_manifest
-from vsbench.spec.api import Instance
 
 
 class BenchmarkError(ValueError):
@@ -48,8 +48,9 @@ README = """# vsbench benchmark (VNN-COMP layout)
 {models} ONNX models (`onnx/`, input in pixel scale [0, 1], normalisation inside the model) and
 {n} L-inf local-robustness properties (`vnnlib/`, VNN-LIB 1.0, eps {eps:g} clipped to [0, 1]).
 `instances.csv` lists (onnx, vnnlib, timeout = {timeout:g} s) for every image a model classifies
-correctly; `misclassified.json` names the others. `python generate_properties.py SEED` regenerates
-the properties from a seed (needs vsbench and the dataset). Provenance: {meta}.
+correctly; `misclassified.json` names the others. `python generate_properties.py SEED [DATA_DIR]`
+regenerates the properties from a seed (Python 3.8+ with numpy; downloads and checks the test set
+unless DATA_DIR holds it). Provenance: {meta}.
 """
 
 
@@ -64,7 +65,8 @@ def write_benchmark(out_dir: str | Path, models: dict, images, labels, indices, 
     out = Path(out_dir)
     for name, (model, shape) in sorted(models.items()):
         export_onnx(model, tuple(shape), out / "onnx" / f"{name}.onnx")
-    _write_text(out / "generate_properties.py", GENERATE_PROPERTIES)
+    _write_text(out / "generate_properties.py", (Path(__file__).parent / "generate_properties.py").read_text())
+    _write_standalone_inputs(out, sorted(models), images, (meta or {}).get("dataset"))
     _write_text(out / "README.md", README.format(models=len(models), n=len(indices), eps=eps, timeout=timeout,
                                                  meta=json.dumps(meta or {})))
     return write_properties(out, sorted(models), images, labels, indices, eps, timeout, meta)
@@ -122,18 +124,25 @@ def regenerate(bench_dir: str | Path, seed: int, data_dir: str | Path | None = N
                             {**info["meta"], "property_seed": seed})
 
 
-GENERATE_PROPERTIES = '''"""Regenerate this benchmark's VNN-LIB properties and instances.csv (VNN-COMP convention).
+def _write_standalone_inputs(out: Path, names: list[str], images, dataset: str | None) -> None:
+    """What ``generate_properties.py`` reads besides ``properties.json``: ``predictions.json`` (each model's
+    class for every test image, by onnxruntime, with the model's sha256) and ``dataset.json`` (the test
+    set's files, sha256 and mirrors, from ``vsbench.data``)."""
+    from vsbench.data import DATASETS
+    from vsbench.store import sha256
 
-Usage: python generate_properties.py SEED   (needs vsbench installed and the dataset: VSBENCH_DATA)
-"""
-import sys
-from pathlib import Path
-
-from vsbench.export.benchmark import regenerate
-
-if __name__ == "__main__":
-    regenerate(Path(__file__).resolve().parent, int(sys.argv[1]))
-'''
+    outputs = {n: [run_onnx(out / "onnx" / f"{n}.onnx", _pixels(images, i)) for i in range(len(images))]
+               for n in names}
+    n_classes = next((ys[0].size for ys in outputs.values() if ys), 0)
+    if not 0 < n_classes <= 10:
+        return  # generate_properties.py stores one digit per prediction
+    predicted = {n: "".join(str(int(np.argmax(y))) for y in ys) for n, ys in outputs.items()}
+    _write_text(out / "predictions.json", json.dumps({"n_classes": n_classes, "predicted": predicted,
+                                                      "sha256": {n: sha256(out / "onnx" / f"{n}.onnx") for n in names}}) + "\n")
+    if dataset in DATASETS:
+        info = DATASETS[dataset]
+        _write_text(out / "dataset.json", json.dumps({"folder": info.folder, "files": list(info.files["test"]),
+                                                      "sha256": info.sha256, "mirrors": list(info.mirrors)}, indent=1) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 
 MAX_TOTAL_TIMEOUT_S = 6 * 3600  # VNN-COMP's limit on the summed timeouts of one benchmark
+MIN_TOTAL_TIMEOUT_S = 3 * 3600  # VNN-COMP's minimum (shorter benchmarks must be extended)
+# ops that the common VNN-COMP tools (alpha-beta-CROWN, Marabou, nnenum, NNV, PyRAT, ...) all read
+COMMON_OPS = {"Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Dropout",
+              "Flatten", "Gemm", "Identity", "MatMul", "MaxPool", "Mul", "Relu", "Reshape", "Sigmoid",
+              "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze"}
 
 
 def _resolve(root: Path, rel: str) -> tuple[Path | None, str]:
@@ -43,6 +48,44 @@ def _check_onnx(path: Path) -> tuple[tuple[int, int] | None, str]:
     return (n_in, y.size), ""
 
 
+def _onnx_warnings(path: Path) -> list[str]:
+    """Portability warnings for one model: ops outside ``COMMON_OPS``, and Marabou's parser (when
+    maraboupy is installed) failing to read it."""
+    import warnings
+
+    import onnx
+
+    from vsbench.gz import plain_path
+
+    plain = plain_path(path)
+    ops = sorted({n.op_type for n in onnx.load(str(plain)).graph.node} - COMMON_OPS)
+    out = [f"{path.name}: ops that common tools do not read: {', '.join(ops)}"] if ops else []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from maraboupy import Marabou
+    except ImportError:
+        return out
+    try:
+        Marabou.read_onnx(str(plain))
+    except Exception as exc:  # noqa: BLE001 - any parser failure is what we report
+        out.append(f"{path.name}: Marabou's ONNX parser cannot read it ({type(exc).__name__}: {exc})"[:500])
+    return out
+
+
+def _full_check(path: Path) -> str:
+    """"" if ``onnx.checker`` (full check, with shape inference) accepts the model, else the problem."""
+    import onnx
+
+    from vsbench.gz import plain_path
+
+    try:
+        onnx.checker.check_model(onnx.load(str(plain_path(path))), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - report, do not stop
+        return f"{path.name}: fails onnx.checker ({type(exc).__name__}: {exc})"[:500]
+    return ""
+
+
 def _parse(path: Path):
     """(Property, "") or (None, problem)."""
     from vsbench.spec.vnnlib import read_vnnlib
@@ -65,12 +108,15 @@ def _sizes_problem(path: Path, prop, sizes: tuple[int, int]) -> str:
     return ""
 
 
-def check_benchmark(bench_dir: str | Path) -> list[str]:
+def check_benchmark(bench_dir: str | Path, warnings: list[str] | None = None) -> list[str]:
     """Problems of a VNN-COMP benchmark folder, each naming its file relative to the folder; [] = valid.
 
     Checks: one readable ``instances.csv`` (or ``*instances.csv``) with rows ``onnx,vnnlib,timeout``;
-    files exist and stay inside the folder; every ONNX loads and runs in onnxruntime; every VNN-LIB
-    parses and matches its model's input/output sizes; timeouts are positive and sum to at most 6 h.
+    files exist and stay inside the folder; every ONNX (``.onnx`` or ``.onnx.gz``) passes ``onnx.checker``'s
+    full check and runs in onnxruntime; every VNN-LIB (or ``.vnnlib.gz``) parses and matches its model's
+    input/output sizes; timeouts are positive and sum to at most 6 h. ``warnings``, when given, receives
+    what does not make the folder invalid: a total under VNN-COMP's 3 h minimum, ops that common tools
+    do not read, models Marabou's parser rejects.
     """
     root = Path(bench_dir)
     if not root.is_dir():
@@ -111,6 +157,12 @@ def check_benchmark(bench_dir: str | Path) -> list[str]:
         problems.append(f"{csv_path.name}: lists no instances")
     models = {o: _check_onnx(o) for o in dict.fromkeys(o for o, _ in rows if o is not None)}
     problems += [why for _, why in models.values() if why]
+    problems += [_full_check(o) for o, (sizes, _) in models.items() if sizes]
+    if warnings is not None:
+        warnings += [w for o, (sizes, _) in models.items() if sizes for w in _onnx_warnings(o)]
+        if 0 < total < MIN_TOTAL_TIMEOUT_S:
+            warnings.append(f"{csv_path.name}: timeouts sum to {total:g} s, under VNN-COMP's minimum of "
+                            f"{MIN_TOTAL_TIMEOUT_S} s")
     props = {v: _parse(v) for v in dict.fromkeys(v for _, v in rows if v is not None)}
     problems += [why for _, why in props.values() if why]
     for onnx, vnnlib in dict.fromkeys(rows):

@@ -1,7 +1,7 @@
 """ONNX export of trained models (checked against torch in onnxruntime) and size / FLOP counts.
 
 Exports are written for every VNN-COMP tool to read: opset 13 and only Conv, Gemm, Relu, Flatten and
-(where a padded convolution needs a per-position bias) a same-shape constant Add. The input
+(where a padded convolution needs a per-position bias) a same-shape constant Add; no ``Identity``. The input
 normalisation is folded into the first affine layer: tools such as Marabou reject the broadcasting
 ``Sub`` / ``Div`` it would otherwise export to.
 """
@@ -55,6 +55,24 @@ def _plain(model: nn.Module) -> nn.Module:
     return model
 
 
+def _drop_identities(path: Path) -> None:
+    """Replace the ``Identity`` nodes torch writes for shared (equal) weights by initializers of their own:
+    not every tool reads ``Identity``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+    if not nodes:
+        return
+    for node in nodes:
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]),
+                                                               node.output[0]))
+        model.graph.node.remove(node)
+    onnx.save(model, str(path))
+
+
 def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, check: bool = True,
                 n_check: int = 16, seed: int = 0) -> Path:
     """Export ``model`` (input in pixel scale, shape ``(1, *in_shape)``) to ONNX (``OPSET``).
@@ -78,6 +96,7 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, c
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(folded, (dummy,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["input"], output_names=["output"], do_constant_folding=True)
+    _drop_identities(path)
     if check:
         x = torch.rand(n_check, 1, *in_shape, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():

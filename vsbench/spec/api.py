@@ -63,6 +63,7 @@ class Verdict:
     cex: np.ndarray | None = None  # flat input point for ``sat``
     margin: float | None = None  # best proven lower bound of the violation margin, where known
     log: str = ""
+    stage: str | None = None  # what decided it: attack, ibp, crown, alpha, input-split, bab, milp
     prepare_s: float | None = None  # a VNN-COMP tool's prepare_instance.sh time, not charged to ``time_s``
 
 

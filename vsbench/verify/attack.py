@@ -49,6 +49,8 @@ def pgd_attack(
         x[0] = (lo + hi)[0] / 2
     if starts is not None and len(starts):
         x = torch.cat([torch.as_tensor(np.asarray(starts), dtype=torch.float64).reshape(-1, lo.shape[1]), x])
+    if not len(x):  # no restarts and no starts: nothing to try
+        return None
     x = torch.minimum(torch.maximum(x, lo), hi)
     target = torch.arange(x.shape[0]) % len(region.clauses)
     size = (hi - lo) / 4

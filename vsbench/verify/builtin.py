@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import onnx  # noqa: F401 - these three load with the module (a Ray worker starts with it), not on
+import onnxruntime  # noqa: F401 - the first instance's clock: together seconds on a loaded machine
 import torch
-import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimiser: seconds on the first instance's clock
+import torch._dynamo  # noqa: F401 - (torch.optim imports it at the first optimiser)
 
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
@@ -28,17 +30,12 @@ from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
 from vsbench.onnx_io import confirm_point, input_dtype, round_inside
 from vsbench.spec.api import Deadline, Instance, Property, Region, Verdict
+from . import input_split
 from .attack import pgd_attack
+from .config import VerifierConfig
 from .milp import TAU, milp_clause
 
-BATCH = 512  # BaB domains bounded per step (each split gives two children)
-BETA_ITERS = 20  # joint alpha/beta Adam steps per BaB batch
-LR_ALPHA, LR_BETA = 0.01, 0.05
-CANDIDATES = 4  # filtered smart branching: neurons tried per domain
-FALSIFY = 16  # worst domains whose box corners are tried as counterexamples each step
-MAX_DOMAINS = 200_000
-REFINE_SPLITS = 4  # earlier neurons split (2^4 patterns) per neuron when tightening intermediate bounds
-SLICE_S = 1.0  # BaB time per group between bookkeeping rounds (whole steps: a step's optimisation is never cut)
+STAGES = ("attack", "ibp", "crown", "alpha", "input-split", "bab", "milp")  # cheapest first
 DENSE_LIMIT = 20_000_000  # chain nets with at most this many dense-matrix entries take the dense path (BaB, MILP)
 
 
@@ -145,6 +142,17 @@ class _Region:
         return x
 
 
+class Trace(list):
+    """The log lines of one verification and the stage that decided it: for ``sat`` the stage that
+    found the point, for ``unsat`` the latest stage (in :data:`STAGES` order) any clause needed."""
+
+    stage: str | None = None
+
+    def reached(self, stage: str) -> None:
+        if self.stage is None or STAGES.index(stage) > STAGES.index(self.stage):
+            self.stage = stage
+
+
 class _Found(Exception):
     def __init__(self, x):
         self.x = x
@@ -173,9 +181,9 @@ class _BaB:
     can be called again after a ``timeout`` and continues where it stopped.
     """
 
-    def __init__(self, p: _Region, clauses, full_graph: Graph):
+    def __init__(self, p: _Region, clauses, full_graph: Graph, cfg: VerifierConfig):
         """``clauses``: ``(C (R, n_out), rhs (R,), slopes)`` with alpha-CROWN slopes ``(1, R, n_k)``."""
-        self.p, self.clauses, self.full_graph = p, clauses, full_graph
+        self.p, self.clauses, self.full_graph, self.cfg = p, clauses, full_graph, cfg
         n = len(clauses)
         self.Ct = torch.stack([torch.as_tensor(C, dtype=torch.float64) for C, _, _ in clauses])
         self.rt = torch.stack([torch.as_tensor(r, dtype=torch.float64) for _, r, _ in clauses])
@@ -204,7 +212,7 @@ class _BaB:
         """beta-CROWN over domains owned by ``owner``: ``(lb - rhs, slopes, betas, lams)``."""
         p, n, rhs = self.p, len(owner), self.rt[owner]
         lb, slopes, betas, lams = beta_spec(p.graph, p.lo.expand(n, -1), p.hi.expand(n, -1), self.Ct[owner],
-                                            bounds, splits, slopes, betas, iters, LR_ALPHA, LR_BETA, deadline,
+                                            bounds, splits, slopes, betas, iters, self.cfg.lr_alpha, self.cfg.lr_beta, deadline,
                                             done=lambda lb: (lb - rhs).max(-1).values > TAU)
         return (lb - rhs).max(-1).values, slopes, betas, lams
 
@@ -222,10 +230,10 @@ class _BaB:
 
     def _branch(self, pick):
         """Neuron to split (flat index) per picked domain, -1 for leaves: filtered smart branching,
-        i.e. of the ``CANDIDATES`` best BaBSR neurons, the one whose better child bound is highest
+        i.e. of the ``cfg.candidates`` best BaBSR neurons, the one whose better child bound is highest
         (children bounded with the parent's slopes and betas, no optimisation)."""
         scores = self._scores(pick)
-        top, cand = scores.topk(min(CANDIDATES, scores.shape[1]), dim=1)
+        top, cand = scores.topk(min(self.cfg.candidates, scores.shape[1]), dim=1)
         D, K = cand.shape
         ok = top.reshape(-1) >= 0
         go, idx = pick.repeat_interleave(K)[ok], cand.reshape(-1)[ok]
@@ -260,14 +268,15 @@ class _BaB:
 
     def _children(self, go, idx, deadline):
         owner, bounds, splits, slopes, betas = self._split(go, idx)
-        lb, slopes, betas, lams = self._bound(owner, bounds, splits, slopes, betas, BETA_ITERS, deadline)
+        lb, slopes, betas, lams = self._bound(owner, bounds, splits, slopes, betas, self.cfg.beta_iters, deadline)
         parent_lb = torch.cat([self.lb[go], self.lb[go]])  # a subdomain is never looser than its parent
         return torch.maximum(lb, parent_lb), owner, bounds, splits, slopes, betas, lams
 
     def _falsify(self, lb, owner, A, check):
-        """Try the box corners minimising the linear bounds of the ``FALSIFY`` worst domains (and every
-        fifth step PGD from them); raises :class:`_Found` with a confirmed counterexample."""
-        worst = lb.argsort()[:FALSIFY]
+        """Try the box corners minimising the linear bounds of the ``cfg.falsify`` worst domains (and
+        every ``cfg.bab_pgd_every`` steps PGD from them); raises :class:`_Found` with a confirmed
+        counterexample."""
+        worst = lb.argsort()[: self.cfg.falsify]
         p = self.p
         x = torch.where(A[worst].sum(1) >= 0, p.lo, p.hi)
         own = owner[worst]
@@ -276,10 +285,10 @@ class _BaB:
         for i in torch.nonzero(t <= 0).flatten().tolist():
             if (cex := check(p.region, starts[i])) is not None:
                 raise _Found(cex)
-        if self.steps % 5 != 1:
+        if self.steps % self.cfg.bab_pgd_every != 1 % self.cfg.bab_pgd_every:
             return
         region = Region(p.region.lower, p.region.upper, [(C, r) for C, r, _ in self.clauses])
-        y = pgd_attack(self.full_graph, region, restarts=0, steps=20, seed=self.steps, starts=starts)
+        y = pgd_attack(self.full_graph, region, restarts=0, steps=self.cfg.bab_pgd_steps, seed=self.steps, starts=starts)
         if y is not None and (cex := check(p.region, y)) is not None:
             raise _Found(cex)
 
@@ -295,7 +304,7 @@ class _BaB:
                 return "timeout", float(self.lb.min())
             if time.monotonic() >= pause_at:
                 return "paused", float(self.lb.min())
-            if len(self.lb) > MAX_DOMAINS:
+            if len(self.lb) > self.cfg.max_domains:
                 log.append(f"bab: gave up at {len(self.lb)} domains")
                 return "unknown", float(self.lb.min())
             self.steps += 1
@@ -304,7 +313,7 @@ class _BaB:
                 later = torch.isin(self.owner[order], torch.as_tensor(sorted(skip), dtype=self.owner.dtype))
                 if not later.all():
                     order = torch.cat([order[~later], order[later]])
-            pick, rest = order[:BATCH], order[BATCH:]
+            pick, rest = order[: self.cfg.batch], order[self.cfg.batch:]
             idx = self._branch(pick)
             for d in pick[idx < 0].tolist():
                 C, rhs, _ = self.clauses[int(self.owner[d])]
@@ -335,22 +344,33 @@ class _BaB:
         return ("unknown" if self.undecided else "unsat"), self.proven
 
 
-def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check, log: list, milp_thread: bool):
-    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region;
+def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check, log: list, milp_thread: bool,
+                   cfg: VerifierConfig):
+    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` (``None`` when the
+    deadline passed before any bound) for one region;
     ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`). A chain
     :class:`Graph` is simplified to dense layers (MILP, refinement); a :class:`Dag` is bounded as a
     DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
+
     def attack():  # the DAG path bounds first: its CROWN pass costs less than the attack there
-        x = pgd_attack(graph, region, restarts=64, steps=100, deadline=deadline, seed=0)
+        x = pgd_attack(graph, region, restarts=cfg.attack_restarts, steps=cfg.attack_steps, deadline=deadline,
+                       seed=0)
         if x is not None and (cex := check(region, x)) is not None:
             log.append("pgd: counterexample")
+            log.stage = "attack"
             return cex
         return None
 
     if not isinstance(graph, Dag) and (cex := attack()) is not None:
         return "sat", cex
+    if deadline.expired():  # no time left for a bound: stop on time (the runner kills overruns)
+        return "timeout", None
+    if cfg.input_split and input_split.suits(graph, region, cfg):
+        st, val = input_split.verify_box(graph, region, deadline, check, log, cfg)
+        if st in ("sat", "unsat") or deadline.expired():
+            return st, val
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
     if isinstance(graph, Dag):
@@ -379,57 +399,65 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
 
     best = clause_lb((crown_spec(p.graph, p.lo, p.hi, Call, p.bounds) - rall)[0].numpy())
     log.append(f"crown: {int((best > TAU).sum())}/{n_cl} clauses")
+    if (best > TAU).any():
+        log.reached("crown")
     open_ = [c for c in range(n_cl) if best[c] <= TAU]
     if open_ and isinstance(graph, Dag) and (cex := attack()) is not None:
         return "sat", cex
     row_slopes = None
     if open_ and p.layers is not None:
-        ab = alpha_bounds(p.graph, p.lo, p.hi, iters=20, deadline=deadline)
+        ab = alpha_bounds(p.graph, p.lo, p.hi, iters=cfg.alpha_bound_iters, lr=cfg.lr_alpha_init, deadline=deadline)
         p.bounds = [(torch.maximum(l, al), torch.minimum(u, au)) for (l, u), (al, au) in zip(p.bounds, ab)]
     if open_:
         sel = torch.as_tensor(np.isin(owner, open_))
-        lb, row_slopes = alpha_spec(p.graph, p.lo, p.hi, Call[:, sel], p.bounds, iters=50, deadline=deadline)
+        lb, row_slopes = alpha_spec(p.graph, p.lo, p.hi, Call[:, sel], p.bounds, iters=cfg.alpha_spec_iters,
+                                     lr=cfg.lr_alpha_init, deadline=deadline)
         row_lb = np.full(len(owner), -np.inf)
         row_lb[sel.numpy()] = (lb - rall[sel])[0].numpy()
+        if (clause_lb(row_lb) > TAU).any():
+            log.reached("alpha")
         best = np.maximum(best, clause_lb(row_lb))
         log.append(f"alpha: {int((best > TAU).sum())}/{n_cl} clauses")
         sel_rows = np.flatnonzero(sel.numpy())
         open_ = [c for c in range(n_cl) if best[c] <= TAU]
     if open_:
-        x = pgd_attack(graph, region, restarts=256, steps=200, deadline=deadline, seed=1)
+        x = pgd_attack(graph, region, restarts=cfg.attack2_restarts, steps=cfg.attack2_steps, deadline=deadline, seed=1)
         if x is not None and (cex := check(region, x)) is not None:
             log.append("pgd: counterexample")
+            log.stage = "attack"
             return "sat", cex
+    if open_ and deadline.expired():  # every BaB would start with a bound computation past the deadline
+        return "timeout", float(best.min())
     groups: dict[int, list] = {}  # clauses with the same row count share one BaB
     for c in open_:
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
         _, C, r = rows[c]
         groups.setdefault(len(r), []).append((c, (C, r, [s[:, pos] for s in row_slopes])))
-    babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph)) for g in groups.values()]
+    babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph, cfg)) for g in groups.values()]
 
     def refine(babs, left):
-        """Tighter intermediate bounds for the region (:func:`split_refine`, at most half the time
-        left: on wide nets it is cut short, keeping what it tightened); BaB starts over with them on
-        the clauses still ``left``."""
+        """Tighter intermediate bounds for the region (:func:`split_refine`, at most
+        ``cfg.refine_time_fraction`` of the time left: on wide nets it is cut short, keeping what it
+        tightened); BaB starts over with them on the clauses still ``left``."""
         t = time.monotonic()
-        half = Deadline(deadline.left() / 2)
-        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, REFINE_SPLITS, deadline=half)
+        share = Deadline(deadline.left() * cfg.refine_time_fraction)
+        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, cfg.refine_splits, deadline=share)
         unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]
         log.append(f"refine: {time.monotonic() - t:.1f} s, unstable {unstable}")
         out = []
         for cs, bab in babs:
-            fresh = _BaB(p, bab.clauses, graph)
+            fresh = _BaB(p, bab.clauses, graph, cfg)
             fresh.drop([i for i, c in enumerate(cs) if c not in left])
             out.append((cs, fresh))
         return out
 
-    if p.layers is None:
+    if p.layers is None or not cfg.refine:
         refine = None
     if not milp_thread:
-        return _decide(p, rows, babs, best, deadline, check, log, None, refine)
+        return _decide(p, rows, babs, best, deadline, check, log, None, refine, cfg)
     worker = _MilpWorker(p, rows, deadline, check)
     try:
-        return _decide(p, rows, babs, best, deadline, check, log, worker, refine)
+        return _decide(p, rows, babs, best, deadline, check, log, worker, refine, cfg)
     finally:
         worker.close()
 
@@ -506,9 +534,9 @@ class _MilpWorker:
 
 
 def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, worker: _MilpWorker | None,
-            refine=None):
-    """Decide the open clauses: BaB groups in round robin slices of ``SLICE_S``; clauses BaB gives up on
-    go to the MILP. With a worker, its MILP also takes the other clauses from the highest BaB bound
+            refine, cfg: VerifierConfig):
+    """Decide the open clauses: BaB groups in round robin slices of ``cfg.slice_s``; clauses BaB gives up
+    on go to the MILP (unless ``cfg.milp`` is off). With a worker, its MILP also takes the other clauses from the highest BaB bound
     down while BaB, skipping the MILP's clause, bounds the lowest domains first. Clauses left after
     the first round get ``refine(babs, left) -> babs`` (tighter bounds, BaB restarted) first.
     ``("sat", x)`` or ``(status, margin)``."""
@@ -529,11 +557,13 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                 raise worker.error
             if worker.cex is not None:
                 log.append("milp: counterexample")
+                log.stage = "milp"
                 return "sat", worker.cex
             with worker.cond:
                 proven = dict(worker.proven)
             for c in proven.keys() & left:
                 log.append("milp: unsat")
+                log.reached("milp")
                 settle(c, proven[c])
         if not left or deadline.expired():
             break
@@ -543,7 +573,7 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                 continue
             ran = True
             milp_on = worker.current if worker is not None else None
-            st, _ = bab.run(deadline, check, log, SLICE_S, frozenset(i for i, c in enumerate(cs) if c == milp_on))
+            st, _ = bab.run(deadline, check, log, cfg.slice_s, frozenset(i for i, c in enumerate(cs) if c == milp_on))
             for i, (c, lb) in enumerate(zip(cs, bab.clause_lbs().tolist())):
                 if c not in left or c in failed:
                     continue
@@ -551,6 +581,7 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
                     failed.add(c)
                     bab.drop([i])
                 elif lb == float("inf"):
+                    log.reached("bab")
                     settle(c, bab.proven)  # the lowest bound of any domain BaB proved
                 else:
                     lbs[c] = lb
@@ -561,12 +592,18 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
             for c in sorted(failed & left):  # the exact MILP gets the rest of the time
                 if deadline.expired():
                     break
+                if not cfg.milp:
+                    left.discard(c)
+                    gave_up.add(c)
+                    continue
                 _, C, r = rows[c]
                 st, lb, cex = p.milp(C, r, deadline.left(), check)
                 log.append(f"milp: {st}")
                 if cex is not None:
+                    log.stage = "milp"
                     return "sat", cex
                 if st == "unsat":
+                    log.reached("milp")
                     settle(c, lb)
                 else:
                     left.discard(c)
@@ -588,22 +625,25 @@ def _decide(p: _Region, rows, babs, best, deadline: Deadline, check, log: list, 
 # --------------------------------------------------------------------------- public API
 
 
-def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx_path=None) -> Verdict:
+def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx_path=None,
+                    config: VerifierConfig | None = None) -> Verdict:
     """Decide ``prop`` on ``graph`` before ``deadline``. With ``onnx_path`` (the file ``graph`` was read
     from), ``unsat`` holds for that model in onnxruntime's float32 and ``sat`` points are confirmed
     there; without, both are about ``graph`` in float64. Exceptions (NaN or inf weights included)
     become status ``error``. Chain nets small enough (:func:`dense_path`) take the dense path, all
-    others the DAG path.
+    others the DAG path. ``config``: the settings (defaults when None); the verdict's ``stage``
+    names the stage that decided it (:class:`Trace`).
 
     With ``torch.get_num_threads() >= 2``, one of those cores runs clause MILPs beside BaB (torch
     keeps the others); with one thread (one task per core, as the Ray runner does) there is no MILP
     thread and the MILP only decides what BaB gives up on.
     """
     t0 = time.monotonic()
-    log: list[str] = []
+    cfg = config or VerifierConfig()
+    log = Trace()
     threads = torch.get_num_threads()
     chain = dense_path(graph)
-    milp_thread = threads >= 2 and chain is not None
+    milp_thread = threads >= 2 and chain is not None and cfg.milp
     if milp_thread:
         torch.set_num_threads(threads - 1)
     try:
@@ -617,16 +657,18 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
             if onnx_path is not None and not isinstance(g, Dag):  # the DAG path bounds the float32 model itself
                 region, err = float32_region(g, region, onnx_path)
                 log.append(f"float32 error bound {err:.1e}")
-            st, val = _verify_region(g, region, deadline, check, log, milp_thread)
+            st, val = _verify_region(g, region, deadline, check, log, milp_thread, cfg)
             if st == "sat":
-                return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log))
+                return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log), stage=log.stage)
             margins.append(val)
             if st != "unsat":
                 status = "timeout" if st == "timeout" or deadline.expired() else "unknown"
-        return Verdict(status, time.monotonic() - t0, margin=min(margins, default=None), log="; ".join(log))
+        margin = min((m for m in margins if m is not None), default=None)  # None: a region stopped before bounds
+        return Verdict(status, time.monotonic() - t0, margin=margin, log="; ".join(log),
+                       stage=log.stage if status == "unsat" else None)
     except _Found as found:
         log.append("bab: counterexample")
-        return Verdict("sat", time.monotonic() - t0, cex=found.x, log="; ".join(log))
+        return Verdict("sat", time.monotonic() - t0, cex=found.x, log="; ".join(log), stage="bab")
     except Exception as exc:  # noqa: BLE001 - the verdict carries the error
         return Verdict("error", time.monotonic() - t0, log=f"{type(exc).__name__}: {exc}")
     finally:
@@ -634,7 +676,15 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
 
 
 class BuiltinVerifier:
+    """The built-in verifier with one :class:`VerifierConfig` (defaults when None)."""
+
     name = "builtin"
+
+    def __init__(self, config: VerifierConfig | None = None):
+        self.config = config or VerifierConfig()
+
+    def config_hash(self) -> str:
+        return self.config.config_hash()
 
     def available(self) -> tuple[bool, str]:
         return True, ""
@@ -651,6 +701,20 @@ class BuiltinVerifier:
             return Verdict("error", time.monotonic() - t0, log=f"{instance.onnx}: {exc}")
         except Exception as exc:  # noqa: BLE001
             return Verdict("error", time.monotonic() - t0, log=f"{type(exc).__name__}: {exc}")
-        verdict = verify_property(graph, prop, deadline, onnx_path=instance.onnx)
+        verdict = verify_property(graph, prop, deadline, onnx_path=instance.onnx, config=self.config)
         verdict.time_s = time.monotonic() - t0
         return verdict
+
+
+@dataclass(frozen=True)
+class ConfiguredBuiltin:
+    """A picklable zero-argument factory of ``BuiltinVerifier(config)``, as the runner takes."""
+
+    config: VerifierConfig
+    name = "builtin"
+
+    def __call__(self) -> BuiltinVerifier:
+        return BuiltinVerifier(self.config)
+
+    def config_hash(self) -> str:
+        return self.config.config_hash()

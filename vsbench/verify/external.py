@@ -8,6 +8,7 @@ NaN or inf weights (a tool's verdict on it means nothing). Tool output goes to t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -138,8 +139,7 @@ def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -
 
 
 def _checked(instance: Instance, verdict: Verdict) -> Verdict:
-    """``verdict`` with an unconfirmed ``sat`` downgraded to ``unknown`` and its point replaced by the one
-    onnxruntime was fed."""
+    """``verdict`` with an unconfirmed ``sat`` downgraded to ``unknown``."""
     if verdict.status != "sat" or verdict.cex is None:
         return verdict
     try:
@@ -147,8 +147,9 @@ def _checked(instance: Instance, verdict: Verdict) -> Verdict:
     except Exception as exc:  # noqa: BLE001 - an unreadable file or an onnxruntime failure: not confirmed
         cex, why = None, f"check failed ({type(exc).__name__}: {exc})"
     if cex is None:
-        return Verdict("unknown", verdict.time_s, log=f"{verdict.log}\n{why}: downgraded to unknown"[-LOG_CHARS:])
-    return Verdict("sat", verdict.time_s, cex=cex, margin=verdict.margin, log=verdict.log)
+        return dataclasses.replace(verdict, status="unknown", cex=None,
+                                   log=f"{verdict.log}\n{why}: downgraded to unknown"[-LOG_CHARS:])
+    return verdict
 
 
 def _nonfinite(instance: Instance) -> Verdict | None:
@@ -294,49 +295,82 @@ def find_abcrown() -> tuple[Path | None, str]:
                   "alpha-beta-CROWN, install its environment and set ABCROWN_PATH to its complete_verifier dir")
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s keys set, nested dictionaries merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class AbcrownVerifier:
     """alpha-beta-CROWN run as ``abcrown.py --config`` with a YAML written per instance.
 
+    ``config``: the tool's own YAML for the benchmark (e.g. ``exp_configs/vnncomp21/mnistfc.yaml``;
+    ``--verifier abcrown:PATH`` or ``vsbench verify --verifier-config PATH``): its settings are kept,
+    with the model, property, timeout, device and output files set per instance. The ONNX and VNN-LIB
+    files are copied into the run's own temporary folder, so the cache files the tool writes beside its
+    inputs (``*.onnx.optimized``, ``*.vnnlib.compiled``) never land in the user's benchmark folder.
     ``ABCROWN_PYTHON`` picks the interpreter of its environment (default: this one).
     """
 
-    name = "abcrown"
-
-    def __init__(self, device: str | None = None):
+    def __init__(self, config: str | Path | None = None, device: str | None = None):
+        self.config_path = Path(config).expanduser().resolve() if config else None
         self.device = device
+        self.name = "abcrown" if config is None else f"abcrown:{self.config_path}"
 
     def available(self) -> tuple[bool, str]:
+        if self.config_path is not None and not self.config_path.is_file():
+            return False, f"{self.config_path}: alpha-beta-CROWN config file does not exist"
         path, why = find_abcrown()
         return path is not None, why
 
+    def config_hash(self) -> str:
+        """The tool config's sha256 ("default" without one): a changed config re-verifies on resume."""
+        if self.config_path is None:
+            return "default"
+        import hashlib
+
+        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()[:16]
+
     def config(self, instance: Instance, timeout: float, work: Path) -> dict:
-        """The YAML config (as a dict) for one instance; results and counterexample files go under ``work``."""
+        """The YAML config (as a dict) for one instance whose files are in ``work``; results go there too."""
+        import yaml
+
         device = self.device
         if device is None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return {
+        base = (yaml.safe_load(self.config_path.read_text()) or {}) if self.config_path else {}
+        base.get("general", {}).pop("csv_name", None)  # one instance per run, never the config's list
+        return _merged(base, {
             "general": {"device": device, "results_file": str(work / "result.txt"), "save_adv_example": True},
             "model": {"onnx_path": str(Path(instance.onnx).resolve())},
             "specification": {"vnnlib_path": str(Path(instance.vnnlib).resolve())},
             "attack": {"cex_path": str(work / "cex.txt")},
             "bab": {"timeout": float(timeout)},
-        }
+        })
 
     def verify(self, instance: Instance, timeout: float) -> Verdict:
         import yaml
+
+        from vsbench.gz import plain_instance
 
         t0 = time.monotonic()
         script, why = find_abcrown()
         if script is None:
             return Verdict("error", 0.0, log=why)
+        instance = plain_instance(instance)
         if (bad := _nonfinite(instance)) is not None:
             return bad
         with tempfile.TemporaryDirectory(prefix="vsbench-abcrown-") as tmp:
             work = Path(tmp)
+            (work / "inputs").mkdir()
+            local = dataclasses.replace(instance, onnx=Path(shutil.copy(instance.onnx, work / "inputs")),
+                                        vnnlib=Path(shutil.copy(instance.vnnlib, work / "inputs")))
             cfg = work / "config.yaml"
-            cfg.write_text(yaml.safe_dump(self.config(instance, timeout, work)))
+            cfg.write_text(yaml.safe_dump(self.config(local, timeout, work)))
             python = os.environ.get("ABCROWN_PYTHON", sys.executable)
             rc, output = run_command([python, str(script), "--config", str(cfg)], timeout + KILL_GRACE_S, cwd=work)
             return _checked(instance, _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py"))
@@ -380,9 +414,9 @@ class VnncompToolVerifier:
         ok, why = self.available()
         if not ok:
             return Verdict("error", 0.0, log=why)
+        instance = plain_instance(instance)
         if (bad := _nonfinite(instance)) is not None:
             return bad
-        instance = plain_instance(instance)
         category = instance.meta.get("category") or self.category or category_of(instance)
         onnx, vnnlib = str(Path(instance.onnx).resolve()), str(Path(instance.vnnlib).resolve())
         t0 = time.monotonic()

@@ -19,6 +19,7 @@ VERIFIERS: dict[str, str] = {
 # prefix -> "module:attribute" of a one-argument factory taking what follows the prefix
 PREFIXES: dict[str, str] = {
     "vnncomp:": "vsbench.verify.external:VnncompToolVerifier",
+    "abcrown:": "vsbench.verify.external:AbcrownVerifier",  # abcrown:CONFIG.yaml, the tool's own config
 }
 
 
@@ -31,10 +32,11 @@ def _load(target: str, name: str):
 
 
 def resolved(name: str) -> str:
-    """``vnncomp:DIR`` with DIR made absolute (Ray workers do not share the caller's working folder)."""
-    prefix = "vnncomp:"
-    if name.startswith(prefix) and len(name) > len(prefix):
-        return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
+    """``vnncomp:DIR`` / ``abcrown:CONFIG`` with the path made absolute (Ray workers do not share the
+    caller's working folder)."""
+    for prefix in PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
     return name
 
 
@@ -48,6 +50,19 @@ def get_verifier(name: str) -> Verifier:
     raise ValueError(f"unknown verifier {name!r}; choices: {', '.join(list_verifiers())}")
 
 
+def with_options(name: str, options: dict | None):
+    """``name`` itself without options, else a factory of the built-in verifier with those settings
+    (:class:`vsbench.verify.config.VerifierConfig`; a bad key or value raises ``ValueError``)."""
+    if not options:
+        return name
+    if name != "builtin":
+        raise ValueError(f"verifier options apply to the built-in verifier only, not {name!r}")
+    from vsbench.verify.builtin import ConfiguredBuiltin
+    from vsbench.verify.config import make_config
+
+    return ConfiguredBuiltin(make_config(options))
+
+
 def list_verifiers() -> list[str]:
-    """Names ``get_verifier`` accepts (prefixed forms shown as ``vnncomp:DIR``)."""
-    return list(VERIFIERS) + [p + "DIR" for p in PREFIXES]
+    """Names ``get_verifier`` accepts (prefixed forms shown as ``vnncomp:DIR``, ``abcrown:CONFIG``)."""
+    return list(VERIFIERS) + [p + ("CONFIG" if p == "abcrown:" else "DIR") for p in PREFIXES]

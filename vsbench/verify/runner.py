@@ -60,7 +60,6 @@ class _Worker:
         """Decide one instance with a fresh verifier object (no state carried between instances)."""
         import resource
 
-        import ray
 
         from vsbench.gz import plain_instance
 
@@ -82,10 +81,17 @@ class _Worker:
             return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
         finally:
             resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-        cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
-        return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
-                "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
-                "prepare_s": verdict.prepare_s, "node": ray.get_runtime_context().get_node_id()}
+        return _result(verdict)
+
+
+def _result(verdict: Verdict) -> dict:
+    """A verdict as the plain dict a worker hands the driver."""
+    import ray
+
+    cex = None if verdict.cex is None else np.asarray(verdict.cex, dtype=np.float64).ravel().tolist()
+    return {"status": verdict.status, "time_s": float(verdict.time_s), "cex": cex,
+            "margin": None if verdict.margin is None else float(verdict.margin), "log": verdict.log,
+            "prepare_s": verdict.prepare_s, "node": ray.get_runtime_context().get_node_id(), "stage": verdict.stage}
 
 
 def verifier_identity(verifier, name: str) -> dict:
@@ -141,16 +147,71 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
         if progress:
             progress("verify", total - len(todo), total)
         if todo:
-            common = {"versions": versions(), "host": host()}
+            settings = getattr(verifier, "config", None)  # the built-in verifier's VerifierConfig
+            common = {"versions": versions(), "host": host(),
+                      "settings": settings.model_dump(mode="json") if settings is not None else None}
 
             def finish(inst: Instance, attempt: int, result: dict) -> None:
                 keep[key[id(inst)]] = _finish(path, inst, fields[id(inst)], attempt, result, common, cex_cache)
 
             cex_cache: dict = {}
             grace_s += getattr(verifier, "overrun_s", 0.0)  # a VNN-COMP tool: prepare cap + kill grace
-            _fan_out(todo, verifier_name, timeouts, finish, workers, ray_address, memory_mb, retries, grace_s, cores,
-                     progress and (lambda n: progress("verify", total - len(todo) + n, total)))
+            decided = _fast_path(todo, verifier_name, settings, timeouts, workers, ray_address, cores)
+            for inst in todo:
+                if id(inst) in decided:
+                    finish(inst, 1, decided[id(inst)])
+            todo = [i for i in todo if id(i) not in decided]
+            if progress and decided:
+                progress("verify", total - len(todo), total)
+            if todo:
+                _fan_out(todo, verifier_name, timeouts, finish, workers, ray_address, memory_mb, retries, grace_s,
+                         cores, progress and (lambda n: progress("verify", total - len(todo) + n, total)))
     return [keep[key[id(i)]] for i in instances]
+
+
+# --------------------------------------------------------------------------- fast path (built-in verifier)
+
+
+def _fast_path_task(instances: list[Instance], config, cores: int, seconds: float) -> dict:
+    """Runs in a Ray worker: :func:`vsbench.verify.fastpath.fast_path` on the instances of one model,
+    ``{index in instances: result}`` for those it decides."""
+    import torch
+
+    from vsbench.spec.api import Deadline
+    from vsbench.verify.fastpath import fast_path
+
+    torch.set_num_threads(cores)
+    verdicts = fast_path(instances, config, Deadline(seconds))
+    return {i: _result(verdicts[inst.key]) for i, inst in enumerate(instances) if inst.key in verdicts}
+
+
+def _fast_path(todo: list[Instance], verifier, config, timeouts: dict, workers: int | None,
+               ray_address: str | None, cores: int) -> dict[int, dict]:
+    """``{id(instance): result}`` of what the built-in verifier's fast path decides: one Ray task per
+    ONNX model over all its instances, before they fan out one task each. Empty for other verifiers,
+    with ``fast_path`` off, or for a model whose task fails (its instances then go the usual way)."""
+    import ray
+
+    if config is None or not getattr(config, "fast_path", False):
+        return {}
+    init_ray(workers and workers * cores, ray_address)
+    by_model: dict[str, list[Instance]] = {}
+    for inst in todo:
+        by_model.setdefault(str(inst.onnx), []).append(inst)
+    task = ray.remote(num_cpus=cores, max_retries=0)(_fast_path_task)
+    refs = []
+    for insts in by_model.values():
+        seconds = sum(timeouts[id(i)] for i in insts)  # never more than verifying them one by one
+        refs.append((task.remote(insts, config, cores, seconds), insts, seconds))
+    out: dict[int, dict] = {}
+    for ref, insts, seconds in refs:
+        try:
+            out.update({id(insts[i]): result for i, result in ray.get(ref, timeout=seconds + GRACE_S).items()})
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # e.g. a model the bound engines cannot read
+            log.warning("fast path of %s failed (%s); its instances are verified one by one", insts[0].onnx,
+                        type(exc).__name__)
+            ray.cancel(ref, force=True)
+    return out
 
 
 def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, workers: int | None,
@@ -258,7 +319,8 @@ def _finish(path: Path, inst: Instance, fields: dict, attempt: int, result: dict
         "status": status, "time_s": round(float(result["time_s"]), 4),
         "cex_checked": cex is not None, "margin": result.get("margin"), "attempts": attempt,
         **({"prepare_s": round(result["prepare_s"], 4)} if result.get("prepare_s") is not None else {}),
-        "node": result.get("node"),
+        "node": result.get("node"), "stage": result.get("stage") if status in ("sat", "unsat") else None,
+        "verifier_settings": common["settings"],
         "log": "\n".join(s for s in (result.get("log", ""), note) if s)[-LOG_CHARS:],
         "cex": None if cex is None else cex.tolist(),
         "versions": common["versions"], "host": common["host"],

@@ -1,0 +1,68 @@
+"""Bound widths and times of vsbench's IBP / CROWN / alpha-CROWN next to auto_LiRPA's, on VNN-COMP 2021
+mnistfc and the conv benchmarks (first property of each model). Needs auto_LiRPA importable (see
+/work/shared/tools/abcrown.md); prints a table. Usage: python benchmarks/bounds_vs_auto_lirpa.py [N_MODELS]
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vsbench.bounds.alpha import alpha_bounds
+from vsbench.bounds.crown import crown_bounds
+from vsbench.bounds.graph import from_onnx
+from vsbench.bounds.ibp import ibp_bounds
+from vsbench.export.benchmark import read_instances
+from vsbench.onnx_io import session
+from vsbench.spec.vnnlib import read_vnnlib
+
+OURS = {"IBP": ibp_bounds, "CROWN": crown_bounds, "alpha-CROWN": lambda g, lo, hi: alpha_bounds(g, lo, hi, iters=20)}
+
+
+def theirs(onnx_path, lo, hi, method):
+    import onnx
+    from auto_LiRPA import BoundedModule, BoundedTensor
+    from auto_LiRPA.perturbations import PerturbationLpNorm
+    from onnx2pytorch import ConvertModel
+
+    model = ConvertModel(onnx.load(str(onnx_path))).double().eval()
+    lirpa = BoundedModule(model, torch.zeros_like(lo), device="cpu")
+    x = BoundedTensor((lo + hi) / 2, PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi))
+    return lirpa.compute_bounds(x=(x,), method=method)
+
+
+def main(n_models: int) -> None:
+    root = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks"))
+    print(f"{'model':40s} {'method':12s} {'ours width':>11s} {'ours s':>8s} {'LiRPA width':>12s} {'LiRPA s':>8s}")
+    for bench in sorted(root.glob("vnncomp2021-*")):
+        seen = []
+        for inst in read_instances(bench):
+            if inst.onnx in seen or len(seen) >= n_models:
+                continue
+            seen.append(inst.onnx)
+            r = read_vnnlib(inst.vnnlib).regions[0]
+            try:
+                g = from_onnx(inst.onnx)
+            except ValueError as exc:  # a graph our bound engines do not read yet: one line, go on
+                print(f"{bench.name + '/' + Path(inst.onnx).stem:40.40s} skipped: {exc}")
+                continue
+            lo, hi = torch.tensor(r.lower)[None], torch.tensor(r.upper)[None]
+            for method, fn in OURS.items():
+                t0 = time.perf_counter()
+                ol, ou = fn(g, lo, hi)[-1]
+                t1 = time.perf_counter()
+                try:
+                    shape = [d if isinstance(d, int) and d > 0 else 1 for d in session(inst.onnx).get_inputs()[0].shape]
+                    tl, tu = theirs(inst.onnx, lo.reshape(shape), hi.reshape(shape), method)
+                    their_w, their_t = f"{float((tu - tl).mean()):12.4g}", f"{time.perf_counter() - t1:8.2f}"
+                except Exception as exc:  # noqa: BLE001 - a model auto_LiRPA cannot load: say so in the row
+                    their_w, their_t = f"{type(exc).__name__:>12s}", "-"
+                print(f"{bench.name + '/' + Path(inst.onnx).stem:40.40s} {method:12s} "
+                      f"{float((ou - ol).mean()):11.4g} {t1 - t0:8.2f} {their_w} {their_t}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

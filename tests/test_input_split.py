@@ -1,0 +1,120 @@
+"""Input splitting never contradicts an exact oracle (every ReLU pattern's LP, scipy) on small
+low-dimensional nets, and agrees with the ACAS Xu reference verdicts."""
+
+import csv
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from vsbench.bounds.graph import Graph
+from vsbench.spec.api import Deadline, Instance, Property, Region
+from vsbench.verify.builtin import BuiltinVerifier, verify_property
+from vsbench.verify.config import VerifierConfig
+from vsbench.verify.milp import TAU
+
+ACASXU = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) / "vnncomp2021-acasxu"
+# no PGD before the split: every verdict comes from the input split itself
+SPLIT_ONLY = VerifierConfig(attack_restarts=0, attack_steps=0, input_split_batch=16)
+
+
+def _problem(seed):
+    rng = np.random.default_rng(seed)
+    n_in, w1, w2, n_out = int(rng.integers(1, 4)), int(rng.integers(2, 5)), int(rng.integers(2, 5)), 3
+    layers = [(rng.normal(size=(o, i)), rng.normal(size=o) * 0.5) for i, o in ((n_in, w1), (w1, w2), (w2, n_out))]
+    c, r = rng.normal(size=n_in), rng.uniform(0.1, 1.5)
+    y = Graph.from_dense([(torch.as_tensor(W), torch.as_tensor(b)) for W, b in layers]).forward(torch.as_tensor(c)[None])
+    label = int(y.argmax())
+    clauses = []
+    for j in range(n_out):
+        if j != label:
+            C = np.zeros((1, n_out))
+            C[0, label], C[0, j] = 1.0, -1.0
+            clauses.append((C, np.zeros(1)))
+    if seed % 3 == 1:  # one clause of two rows: violated only where both hold
+        clauses = [(np.vstack([C for C, _ in clauses]), np.zeros(2))]
+    return layers, Region(c - r, c + r, clauses)
+
+
+def _oracle(layers, region) -> float:
+    """min over the box of the property's margin (``min_clause max_row (C y - rhs)``), exactly: the
+    network is affine on each ReLU activation pattern, so one LP per pattern and clause."""
+    hidden = [len(b) for _, b in layers[:-1]]
+    best = np.inf
+    n_in = len(region.lower)
+    for pattern in itertools.product([0, 1], repeat=sum(hidden)):
+        # y = M x + v on the pattern; A_ub x <= b_ub keeps each neuron on its side
+        M, v, A_ub, b_ub, k = np.eye(n_in), np.zeros(n_in), [], [], 0
+        for (W, b), n in zip(layers[:-1], hidden):
+            z_M, z_v = W @ M, W @ v + b
+            on = np.array(pattern[k: k + n], dtype=bool)
+            k += n
+            A_ub += [-z_M[on], z_M[~on]]  # on: z >= 0; off: z <= 0
+            b_ub += [z_v[on], -z_v[~on]]
+            M, v = z_M * on[:, None], z_v * on
+        W, b = layers[-1]
+        M, v = W @ M, W @ v + b
+        for C, rhs in region.clauses:
+            # min t s.t. C (M x + v) - rhs <= t, pattern constraints, x in the box
+            rows = C @ M
+            A = np.vstack([np.hstack([a, np.zeros((len(a), 1))]) for a in A_ub] + [np.hstack([rows, -np.ones((len(C), 1))])])
+            bvec = np.concatenate(b_ub + [rhs - C @ v])
+            res = linprog(np.r_[np.zeros(n_in), 1.0], A_ub=A, b_ub=bvec,
+                          bounds=list(zip(region.lower, region.upper)) + [(None, None)], method="highs")
+            if res.status == 0:
+                best = min(best, res.fun)
+    return best
+
+
+def test_input_split_never_contradicts_the_pattern_oracle():
+    torch.set_num_threads(1)
+    counts = {"sat": 0, "unsat": 0}
+    for seed in range(40):
+        layers, region = _problem(seed)
+        g = Graph.from_dense([(torch.as_tensor(W), torch.as_tensor(b)) for W, b in layers])
+        prop = Property([region])
+        v = verify_property(g, prop, Deadline(20), config=SPLIT_ONLY)
+        truth = _oracle(layers, region)
+        assert v.status in ("sat", "unsat"), (seed, v.status, v.log)
+        assert v.stage == "input-split", (seed, v.log)
+        if v.status == "sat":
+            assert prop.violated_by(v.cex, g.forward(torch.as_tensor(v.cex)[None]).numpy()), seed
+            assert truth <= 0, (seed, truth)
+        else:
+            assert truth > 0, (seed, truth, v.margin)
+            assert v.margin >= TAU
+        counts[v.status] += 1
+    assert counts["sat"] >= 5 and counts["unsat"] >= 5, counts
+
+
+def test_input_split_covers_the_box_it_proves():
+    """A property violated in one small corner only: the split must reach that corner (sat), and
+    the same property with the corner cut off must be proven (unsat)."""
+    torch.set_num_threads(1)
+    # y0 = x0 + x1, y1 = 1.9: violated (y0 >= y1, i.e. y1 - y0 <= 0) only near the corner (1, 1)
+    layers = [(np.eye(2), np.zeros(2)), (np.array([[1.0, 1.0], [0.0, 0.0]]), np.array([0.0, 1.9]))]
+    g = Graph.from_dense([(torch.as_tensor(W), torch.as_tensor(b)) for W, b in layers])
+    clause = (np.array([[-1.0, 1.0]]), np.zeros(1))
+    sat = verify_property(g, Property([Region(np.zeros(2), np.ones(2), [clause])]), Deadline(20), config=SPLIT_ONLY)
+    assert sat.status == "sat" and sat.cex.sum() >= 1.9 and sat.stage == "input-split"
+    unsat = verify_property(g, Property([Region(np.zeros(2), np.array([1.0, 0.89]), [clause])]), Deadline(20),
+                            config=SPLIT_ONLY)
+    assert unsat.status == "unsat" and unsat.stage == "input-split"
+
+
+@pytest.mark.skipif(not ACASXU.exists(), reason="acasxu benchmark not available")
+@pytest.mark.parametrize("net,prop", [
+    ("4_4", "prop_3"),  # unsat, split in a few steps
+    ("2_7", "prop_2"),  # sat
+])
+def test_acasxu_reference_verdicts(net, prop):
+    torch.set_num_threads(1)
+    ref = {(r["onnx"], r["vnnlib"]): r["verdict"] for r in csv.DictReader((ACASXU / "reference_verdicts.csv").open())}
+    onnx, vnnlib = f"ACASXU_run2a_{net}_batch_2000.onnx", f"{prop}.vnnlib"
+    v = BuiltinVerifier().verify(Instance(ACASXU / onnx, ACASXU / vnnlib, 116), 116)
+    assert v.status == ref[(onnx, vnnlib)], v.log
+    assert v.stage in ("attack", "input-split")
