@@ -212,3 +212,23 @@ def test_grafted_relu_export_reads_as_a_dag(tmp_path):
     lb = crown_spec(dag, lo, hi, C)
     ys = dag.forward(torch.rand(5000, 4, dtype=torch.float64) * 2 - 1)
     assert (ys.min(0).values >= lb[0] - 1e-9).all()
+
+
+@pytest.mark.parametrize("case", ["conv_pads_groups", "residual", "pools"])
+def test_float32_crown_bounds_hold_in_onnxruntime(case, tmp_path):
+    """CROWN with the float32 roundings as perturbations bounds onnxruntime's float32 outputs, and is
+    within a small margin of the exact-arithmetic bound."""
+    path = tmp_path / "m.onnx"
+    onnx.save(CASES[case], path)
+    dag = load_onnx(path)
+    lo = torch.full((1, dag.n_in), -0.5, dtype=torch.float64)
+    hi = -lo
+    C = torch.randn(1, 4, dag.n_out, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rounding = {}
+    lb32 = crown_spec(dag, lo, hi, C, rounding=rounding)[0]
+    assert rounding and all((r > 0).all() for r in rounding.values())
+    lb = crown_spec(dag, lo, hi, C)[0]
+    assert (lb32 < lb).all() and (lb - lb32 < 1e-3).all()
+    xs = RNG.uniform(-0.5, 0.5, size=(50, dag.n_in)).astype(np.float32)
+    for x in xs:
+        assert (C[0].numpy() @ run_onnx(path, x) >= lb32.numpy()).all()

@@ -97,7 +97,7 @@ def relaxations(dag: Dag, bounds: Bounds, upto: int | None = None) -> dict:
 
 def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: int | None = None,
              slopes: dict | None = None, relaxed: dict | None = None, extra: dict | None = None,
-             keep: dict | None = None) -> torch.Tensor:
+             keep: dict | None = None, rounding: dict | None = None) -> torch.Tensor:
     """CROWN lower bound ``(B, S)`` of ``C @ node_target(x)`` over the box, ``C (B, S, n_target)``.
 
     ``bounds`` must hold the inputs of every ReLU and MaxPool before ``target``; ``slopes[i]``
@@ -105,6 +105,8 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
     unstable neurons (alpha-CROWN); ``extra[i]`` is added to the coefficients of ReLU node ``i``'s
     input (beta-CROWN split terms); ``relaxed``: :func:`relaxations`, when reused over many passes.
     ``keep``: a dict that receives the coefficients of every ReLU node's output and of the input (0).
+    ``rounding``: per node, a bound on an additive error at its output (:func:`intermediate_bounds`'s
+    float32 roundings): the bound then holds for the network computed with those errors.
     """
     target = dag.output if target is None else target
     B, S = C.shape[:2]
@@ -119,6 +121,8 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
         n = dag.nodes[i]
         if isinstance(n.op, Affine):
             bias = bias + n.op.bias_term(A)
+            if rounding is not None and i in rounding:
+                bias = bias - (A.abs() * rounding[i]).flatten(2).sum(-1)
             ins = n.op.back(A, [dag.nodes[j].shape for j in n.inputs])
         elif isinstance(n.op, Relu):
             up, icpt, low, unstable = relaxed[i]
@@ -145,7 +149,8 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
     return bias + (A * ((hi + lo) / 2)).flatten(2).sum(-1) - (A.abs() * ((hi - lo) / 2)).flatten(2).sum(-1)
 
 
-def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool, deadline=None):
+def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only_unstable: bool, deadline=None,
+             rounding=None):
     """CROWN bounds of node ``i`` (its unstable neurons only, if ``only_unstable``) meet ``bounds[i]``;
     chunks left when ``deadline`` expires keep ``bounds[i]``."""
     l, u = bounds[i]
@@ -163,17 +168,40 @@ def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only
         C = l.new_zeros(B, 2 * k, lf.shape[1])
         C[:, torch.arange(k), cc] = 1.0
         C[:, torch.arange(k, 2 * k), cc] = -1.0
-        lb = backward(dag, lower, upper, C, bounds, i, relaxed=relaxed)
+        lb = backward(dag, lower, upper, C, bounds, i, relaxed=relaxed, rounding=rounding)
         lf[:, cc] = torch.maximum(lf[:, cc], lb[:, :k])
         uf[:, cc] = torch.minimum(uf[:, cc], -lb[:, k:])
     return lf.reshape(l.shape), uf.reshape(u.shape)
 
 
-def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, deadline=None) -> Bounds:
+def _rounding(dag: Dag, i: int, bounds: Bounds):
+    """The float32 rounding bound at affine node ``i``'s output given its inputs' ``bounds`` (None:
+    the op only moves data)."""
+    from .float_error import EXTRA, TINY, gamma
+
+    n = dag.nodes[i]
+    terms = n.op.terms
+    if terms is None:  # unknown: every input element
+        terms = sum(math.prod(dag.nodes[j].shape) for j in n.inputs)
+    if not terms:
+        return None
+    mags = [torch.maximum(l.abs(), u.abs()) for l, u in (bounds[j] for j in n.inputs)]
+    bias = n.op.bias.abs() if n.op.bias is not None else 0.0
+    return gamma(terms + 1 + EXTRA) * (n.op.radius(*mags) + bias) + TINY * (terms + 1)
+
+
+def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, deadline=None,
+                        rounding: dict | None = None) -> Bounds:
     """Bounds of every node: IBP, with the inputs of ReLUs (unstable neurons) and of MaxPools (every
     neuron, unless it is a ReLU's output) tightened by CROWN in topological order (see the module
     docstring), except where IBP is already exact (at most one mixing affine op since the input).
-    Past ``deadline`` the remaining nodes keep their IBP bounds (still sound)."""
+    Past ``deadline`` the remaining nodes keep their IBP bounds (still sound).
+
+    ``rounding``: a dict to receive, per affine node, the bound on its float32 rounding error (the
+    model and constants of :mod:`vsbench.bounds.float_error`: ``gamma_(terms+1+EXTRA)`` of
+    ``|W| |x^| + |b|``, ``x^`` the float32 input); the bounds are then of the values onnxruntime
+    computes in float32, each op's rounding an extra perturbation at its output, so every CROWN bound
+    given the same ``rounding`` (:func:`backward`) holds for the float32 model."""
     B = lower.shape[0]
     bounds: Bounds = [(lower.reshape(B, *dag.in_shape), upper.reshape(B, *dag.in_shape))]
     feeds = {}
@@ -185,21 +213,26 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
     for i in range(1, len(dag.nodes)):
         n = dag.nodes[i]
         bounds.append(_ibp_node(dag, i, bounds))
+        if rounding is not None and isinstance(n.op, Affine) and (r := _rounding(dag, i, bounds)) is not None:
+            rounding[i] = r
+            bounds[i] = (bounds[i][0] - r, bounds[i][1] + r)
         if isinstance(n.op, (Relu, MaxPool)):
             relaxed[i] = _relax_node(dag, i, bounds)
             mixes.append(2)
         else:
             mixes.append(min(2, max(mixes[j] for j in n.inputs) + (n.op.mixing or len(n.inputs) > 1)))
         if i in feeds and mixes[i] > 1 and not isinstance(n.op, Relu):
-            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, feeds[i], deadline)
+            bounds[i] = _tighten(dag, lower, upper, bounds, i, relaxed, feeds[i], deadline, rounding)
     return bounds
 
 
-def crown_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds | None = None) -> torch.Tensor:
-    """CROWN lower bound ``(B, S)`` of ``C @ f(x)``; ``bounds``: :func:`intermediate_bounds` if None."""
+def crown_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds | None = None,
+               rounding: dict | None = None) -> torch.Tensor:
+    """CROWN lower bound ``(B, S)`` of ``C @ f(x)``; ``bounds``: :func:`intermediate_bounds` if None
+    (``rounding``: as there)."""
     if bounds is None:
-        bounds = intermediate_bounds(dag, lower, upper)
-    return backward(dag, lower, upper, C, bounds)
+        bounds = intermediate_bounds(dag, lower, upper, rounding=rounding)
+    return backward(dag, lower, upper, C, bounds, rounding=rounding)
 
 
 def _clamp01(params):
@@ -208,7 +241,7 @@ def _clamp01(params):
 
 
 def alpha_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, iters: int = 20, lr: float = 0.1,
-               slopes: list | None = None, deadline=None, done=None):
+               slopes: list | None = None, deadline=None, done=None, rounding: dict | None = None):
     """alpha-CROWN lower bound of ``C @ f(x)`` (the lower slopes of every ReLU optimised, starting
     from CROWN's, best iterate kept: never looser than :func:`crown_spec`); ``(lb (B, S), slopes)``."""
     relaxed = relaxations(dag, bounds)
@@ -217,7 +250,8 @@ def alpha_spec(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, iters: i
     if slopes is None:
         slopes = [relaxed[i][2].expand(B, S, *relaxed[i][2].shape[2:]).clone() for i in relus]
     with torch.enable_grad():
-        return optimize(lambda ps: backward(dag, lower, upper, C, bounds, slopes=dict(zip(relus, ps)), relaxed=relaxed),
+        return optimize(lambda ps: backward(dag, lower, upper, C, bounds, slopes=dict(zip(relus, ps)), relaxed=relaxed,
+                                            rounding=rounding),
                         slopes, iters, lr, _clamp01, deadline, done)
 
 
@@ -290,10 +324,12 @@ class ReluView:
     """A Dag as the chain engines (:mod:`~vsbench.bounds.crown`, alpha, beta, the verifier's BaB) see
     a :class:`~vsbench.bounds.graph.Graph`: ReLU ``k`` is the ``k``-th ReLU node, its bounds, slopes,
     split terms and coefficients are flat ``(B, ..., n_k)``, inputs flat ``(B, n_in)``. MaxPools keep
-    the relaxation of ``root`` (bounds over the whole box: sound for every sub-domain)."""
+    the relaxation of ``root`` (bounds over the whole box: sound for every sub-domain), and every
+    bound includes the float32 ``rounding`` of :func:`intermediate_bounds` when given (bounds of
+    the root's magnitudes: sound for every sub-domain too)."""
 
-    def __init__(self, dag: Dag, root: Bounds):
-        self.dag, self.n_in = dag, dag.n_in
+    def __init__(self, dag: Dag, root: Bounds, rounding: dict | None = None):
+        self.dag, self.n_in, self.rounding = dag, dag.n_in, rounding
         self.relus = [i for i, n in enumerate(dag.nodes) if isinstance(n.op, Relu)]
         self.pools = {i: _relax_node(dag, i, root) for i, n in enumerate(dag.nodes) if isinstance(n.op, MaxPool)}
 
@@ -328,7 +364,7 @@ class ReluView:
         by_node = lambda ts: None if ts is None else {i: shaped(t, s) for i, s, t in zip(self.relus, shape, ts)}  # noqa: E731
         kept = {} if keep else None
         lb = backward(self.dag, lower, upper, C, None, relaxed=rel, slopes=by_node(slopes), extra=by_node(extra),
-                      keep=kept)
+                      keep=kept, rounding=self.rounding)
         if not keep:
             return lb, [None] * len(self.relus)
         return lb, [kept[i].flatten(2) for i in self.relus] + [kept[0].flatten(2)]

@@ -89,17 +89,16 @@ class _Checker:
         return xf if self.prop.violated_by(xf, y) else None
 
 
-def float32_region(graph: Graph | Dag, region: Region, onnx_path, node_bounds=None) -> tuple[Region, float]:
+def float32_region(graph: Graph | Dag, region: Region, onnx_path) -> tuple[Region, float]:
     """``region`` with each clause row's ``rhs`` raised by the bound on the float32 error of that row
     of ``C @ y`` in onnxruntime (:func:`vsbench.bounds.float_error.row_error` over CROWN bounds for
     chains, :func:`~vsbench.bounds.float_error.dag_row_error` otherwise), so that a margin proven above
-    ``TAU`` holds for the float32 model; and the largest raise. ``node_bounds``: the Dag's intermediate
-    bounds, when the caller has them."""
+    ``TAU`` holds for the float32 model; and the largest raise."""
     if not region.clauses:
         return region, 0.0
     rows = np.concatenate([C for C, _ in region.clauses])
     if isinstance(graph, Dag):
-        err = dag_row_error(graph, region.lower, region.upper, rows, node_bounds)
+        err = dag_row_error(graph, region.lower, region.upper, rows)
     else:
         lo, hi = torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None]
         relu_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in crown_bounds(graph, lo, hi)[:-1]]
@@ -375,11 +374,12 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
     if isinstance(graph, Dag):
-        node_bounds = dag_bounds.intermediate_bounds(graph, lower, upper, deadline)
-        if check.onnx_path is not None:
-            region, err = float32_region(graph, region, check.onnx_path, node_bounds)
-            log.append(f"float32 error bound {err:.1e}")
-        view = ReluView(graph, node_bounds)
+        # bounds of the float32 model as onnxruntime runs it: each op's rounding a perturbation
+        rounding = {} if check.onnx_path is not None else None
+        node_bounds = dag_bounds.intermediate_bounds(graph, lower, upper, deadline, rounding)
+        if rounding:
+            log.append(f"float32 rounding bound {max(float(r.max()) for r in rounding.values()):.1e}")
+        view = ReluView(graph, node_bounds, rounding)
         p = _Region(region, None, torch.arange(graph.n_in), lower, upper, view.relu_bounds(node_bounds), view)
         log.append(f"dag: unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
     else:
@@ -654,7 +654,7 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
-            if onnx_path is not None and not isinstance(g, Dag):  # the DAG path does it in _verify_region
+            if onnx_path is not None and not isinstance(g, Dag):  # the DAG path bounds the float32 model itself
                 region, err = float32_region(g, region, onnx_path)
                 log.append(f"float32 error bound {err:.1e}")
             st, val = _verify_region(g, region, deadline, check, log, milp_thread, cfg)
