@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from vsbench.report.plots import pareto_front
 from vsbench.report.stats import clopper_pearson
 from vsbench.report.tables import COLUMNS, summary, write_tables
 from vsbench.store import finished_keys, read_records, write_records
@@ -83,3 +84,9 @@ def test_latex_markdown_csv_are_formatted(tmp_path):
     assert re.search(r"\|\s+70\.0\s+\|", md.read_text()) and "nan" not in md.read_text()
     back = pd.read_csv(csv)
     assert list(back.columns) == COLUMNS and back.loc[0, "verified acc"] == 70.0
+
+
+def test_pareto_front_keeps_only_undominated_models():
+    models = pd.DataFrame({"nonzero_params": [80, 20, 10, 40, 20], "verified_acc": [0.6, 0.4, 0.4, 0.45, 0.5]})
+    front = pareto_front(models)
+    assert list(zip(front["nonzero_params"], front["verified_acc"])) == [(10, 0.4), (20, 0.5), (80, 0.6)]

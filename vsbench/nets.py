@@ -1,5 +1,5 @@
 """Named architectures: ``nn.Sequential`` of Normalize, Conv2d, Linear, ReLU, Flatten (and, after
-some sparsifiers, bias-free Linear / Conv2d factors and :class:`GraftReLU`).
+linearity grafting, :class:`GraftReLU`).
 
 Input normalisation is the first layer, so models take pixel-scale inputs in [0, 1]. Each name
 with ``-bn`` appended (e.g. ``cnn-small-bn``) adds a BatchNorm after every hidden Linear / Conv2d,
@@ -143,9 +143,9 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
                 mods.append(Normalize(d["mean"], d["std"]))
             elif t == "conv":
                 mods.append(nn.Conv2d(int(d["in"]), int(d["out"]), int(d["kernel"]), int(d["stride"]),
-                                      int(d["padding"]), bias=bool(d.get("bias", True))))
+                                      int(d["padding"])))
             elif t == "linear":
-                mods.append(nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d.get("bias", True))))
+                mods.append(nn.Linear(int(d["in"]), int(d["out"])))
             elif t == "batchnorm":
                 mods.append((nn.BatchNorm1d if int(d["dims"]) == 1 else nn.BatchNorm2d)(int(d["features"])))
             elif t == "relu":
@@ -162,18 +162,16 @@ def build_from_layers(layers: list[dict]) -> nn.Sequential:
 
 
 def describe_layers(model: nn.Sequential) -> list[dict]:
-    """JSON-able list of the model's layers (sizes after any compaction; ``"bias": false`` marks a
-    Linear / Conv2d without bias, e.g. the first factor of a low-rank layer)."""
+    """JSON-able list of the model's layers (sizes after any compaction)."""
     out = []
     for m in model:
-        no_bias = {"bias": False} if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is None else {}
         if isinstance(m, Normalize):
             out.append({"type": "normalize", "mean": m.mean.tolist(), "std": m.std.tolist()})
         elif isinstance(m, nn.Conv2d):
             out.append({"type": "conv", "in": m.in_channels, "out": m.out_channels, "kernel": m.kernel_size[0],
-                        "stride": m.stride[0], "padding": m.padding[0], **no_bias})
+                        "stride": m.stride[0], "padding": m.padding[0]})
         elif isinstance(m, nn.Linear):
-            out.append({"type": "linear", "in": m.in_features, "out": m.out_features, **no_bias})
+            out.append({"type": "linear", "in": m.in_features, "out": m.out_features})
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             dims = 1 if isinstance(m, nn.BatchNorm1d) else 2
             out.append({"type": "batchnorm", "features": m.num_features, "dims": dims})

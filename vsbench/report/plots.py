@@ -63,13 +63,19 @@ def verified_vs_sparsity(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "verified_acc_vs_sparsity")
 
 
+def pareto_front(models: pd.DataFrame) -> pd.DataFrame:
+    """The models no other model beats on both counts: each verifies strictly more than every model
+    with at most as many nonzero parameters; sorted by parameters."""
+    front = models.sort_values(["nonzero_params", "verified_acc"], ascending=[True, False])
+    return front[front["verified_acc"] > front["verified_acc"].cummax().shift(fill_value=-np.inf)]
+
+
 def pareto(models: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Nonzero parameters vs verified accuracy per model, and the Pareto front."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, g in models.groupby("method", sort=False):
         ax.scatter(g["nonzero_params"], 100 * g["verified_acc"], label=method, s=20)
-    front = models.sort_values(["nonzero_params", "verified_acc"], ascending=[True, False])
-    front = front[100 * front["verified_acc"] >= (100 * front["verified_acc"]).cummax()]
+    front = pareto_front(models)
     ax.step(front["nonzero_params"], 100 * front["verified_acc"], where="post", color="black", lw=1,
             label="Pareto front")
     ax.set(xscale="log", xlabel="nonzero parameters", ylabel="verified accuracy (%)")
@@ -98,7 +104,7 @@ def training_curves(models: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Held-out clean and IBP-verified accuracy (%) after every epoch, one line per model."""
     fig, axes = _panels(2)
     for m in models.to_dict("records"):
-        hist = pd.DataFrame(m.get("history") or [])
+        hist = pd.DataFrame(m["history"] if isinstance(m.get("history"), list) else [])  # older runs: none
         if hist.empty or "heldout_clean_acc" not in hist:
             continue
         epoch = np.arange(1, len(hist) + 1)

@@ -48,14 +48,14 @@ class _Group:
     rhs: torch.Tensor  # (N, S)
     spans: tuple[tuple[int, int], ...]  # each clause's rows
 
-    def clause_values(self, rows: torch.Tensor, idx) -> torch.Tensor:
-        """``(B, S)`` row values of units ``idx`` -> per clause the largest, ``(B, n_clauses)``."""
+    def clause_values(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` row values -> per clause the largest, ``(B, n_clauses)``."""
         return torch.stack([rows[:, a:b].max(1).values for a, b in self.spans], 1)
 
     def margins(self, y: torch.Tensor, idx) -> torch.Tensor:
         """Property margins at outputs ``y (B, n_out)`` of units ``idx``: < 0 where a clause holds."""
         rows = torch.einsum("bso,bo->bs", self.C[idx], y) - self.rhs[idx]
-        return self.clause_values(rows, idx).min(1).values
+        return self.clause_values(rows).min(1).values
 
 
 def _float32_margins(onnx_path, groups: list[_Group]) -> None:
@@ -132,7 +132,7 @@ class _Run:
         self.sat: dict[int, tuple[np.ndarray, str]] = {}  # property -> (confirmed point, stage)
         self.spent = np.zeros(len(props))  # amortised seconds per property
         self.stage_of: dict[int, str] = {}  # property -> latest stage a region of it needed
-        self.cache: dict = {}
+        self.cache = {str(i.vnnlib): prop for i, prop in zip(instances, props)}  # for confirm_counterexample
 
     def open_units(self, k: int) -> torch.Tensor:
         grp = self.groups[k]
@@ -142,7 +142,7 @@ class _Run:
     def prove(self, k: int, idx: torch.Tensor, row_lb: torch.Tensor, stage: str) -> None:
         """Record the clauses ``row_lb`` (lower bounds of ``C y - rhs`` on units ``idx``) refutes."""
         grp = self.groups[k]
-        clause_lb = grp.clause_values(row_lb, idx)
+        clause_lb = grp.clause_values(row_lb)
         new = (clause_lb > TAU) & ~self.refuted[k][idx]
         self.refuted[k][idx] |= new
         lb = torch.where(new, clause_lb, torch.inf).min(1).values
