@@ -2,9 +2,9 @@
 ``unsat``, NaN weights are an ``error``, and ``confirm_counterexample`` judges the point fed to the model."""
 
 import numpy as np
-import torch
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from vsbench.bounds.float_error import row_error

@@ -147,8 +147,8 @@ def _verify_instances(method: str, tmp_path, radii=(0.002, 0.2), n: int = 3):
         for eps in radii:
             vnn = tmp_path / f"p{i}_{eps}.vnnlib"
             write_vnnlib(vnn, robustness_property(x, label, eps, 10))
-            inst = Instance(path, vnn, 20)
-            v = BuiltinVerifier().verify(inst, 20)
+            inst = Instance(path, vnn, 60)  # a few seconds each; the margin is for a loaded machine
+            v = BuiltinVerifier().verify(inst, 60)
             assert v.status in ("sat", "unsat", "timeout"), v.log
             if v.status == "sat":
                 point, why = confirm_counterexample(inst, v.cex)

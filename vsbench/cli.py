@@ -285,7 +285,8 @@ def compare(
     else:
         shown = ["arch", "method", "sparsity", "verifier", "baseline", "N pairs", "verified base %",
                  "verified cand %", "Δ verified", "Δ lo", "Δ hi", "p Holm", "why"]
-        print_table(df[shown].round({c: 1 for c in shown[6:11]} | {"p Holm": 4}), f"{cand_run} vs {base_run}")
+        table = df[shown].round({c: 1 for c in shown[6:11]}).assign(**{"p Holm": df["p Holm"].map("{:.2g}".format)})
+        print_table(table, f"{cand_run} vs {base_run}")
     worse = df[df["worse"]]
     if len(worse):
         err_console.print(f"candidate worse than baseline on {len(worse)} row(s) (tolerance {tol:g} points, "

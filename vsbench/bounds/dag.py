@@ -34,6 +34,13 @@ class Input:
     pass
 
 
+def _vjp(fn, A: torch.Tensor, in_shapes) -> tuple[torch.Tensor, ...]:
+    """The adjoint of the linear ``fn`` applied to ``A (N, *out)`` (differentiable in ``A``)."""
+    zeros = [A.new_zeros(A.shape[0], *s).requires_grad_() for s in in_shapes]
+    with torch.enable_grad():
+        return torch.autograd.grad(fn(*zeros), zeros, A, create_graph=A.requires_grad)
+
+
 @dataclass(eq=False)
 class Affine:
     """``y = fn(*xs) + bias`` on batched tensors; ``fn`` linear.
@@ -65,24 +72,15 @@ class Affine:
 
     def back(self, A: torch.Tensor, in_shapes) -> list[torch.Tensor]:
         """``A (B, S, *out)`` -> the coefficients of each input, ``(B, S, *in_i)``."""
-        lead = A.shape[:2]
         flat = A.reshape(-1, *A.shape[2:])
-        if self.back_fn is not None:
-            outs = self.back_fn(flat)
-        else:  # the vector-Jacobian product of the linear fn (differentiable in A for alpha-CROWN)
-            zeros = [flat.new_zeros(flat.shape[0], *s).requires_grad_() for s in in_shapes]
-            with torch.enable_grad():
-                outs = torch.autograd.grad(self.fn(*zeros), zeros, flat, create_graph=flat.requires_grad)
-        return [o.reshape(*lead, *s) for o, s in zip(outs, in_shapes)]
+        outs = self.back_fn(flat) if self.back_fn is not None else _vjp(self.fn, flat, in_shapes)
+        return [o.reshape(*A.shape[:2], *s) for o, s in zip(outs, in_shapes)]
 
     def back_abs(self, A: torch.Tensor, in_shapes) -> list[torch.Tensor]:
         """The adjoint of ``abs_fn`` (of ``fn`` where its weights are non-negative)."""
         if self.abs_fn is None:
             return self.back(A, in_shapes)
-        flat = A.reshape(-1, *A.shape[2:])
-        zeros = [flat.new_zeros(flat.shape[0], *s).requires_grad_() for s in in_shapes]
-        with torch.enable_grad():
-            outs = torch.autograd.grad(self.abs_fn(*zeros), zeros, flat)
+        outs = _vjp(self.abs_fn, A.reshape(-1, *A.shape[2:]), in_shapes)
         return [o.reshape(*A.shape[:2], *s) for o, s in zip(outs, in_shapes)]
 
     def bias_term(self, A: torch.Tensor) -> torch.Tensor:
@@ -182,7 +180,7 @@ class Dag:
                 nodes.append(Node(Relu(), (len(nodes) - 1,), (n,)))
                 continue
             bias = op.forward(op.weight.new_zeros(1, n) if hasattr(op, "weight") else op.a.new_zeros(1, n))[0]
-            terms = op.weight[0].numel() + 1 if hasattr(op, "weight") else 2
+            terms = op.weight[0].numel() if hasattr(op, "weight") else 2
             affine = Affine(lambda x, op=op, bias=bias: op.forward(x) - bias, bias, op.abs_forward,
                             lambda a, op=op: (op.back(a),), op, terms=terms)
             nodes.append(Node(affine, (len(nodes) - 1,), (op.n_out,)))

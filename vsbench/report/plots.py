@@ -104,7 +104,7 @@ def training_curves(models: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Held-out clean and IBP-verified accuracy (%) after every epoch, one line per model."""
     fig, axes = _panels(2)
     for m in models.to_dict("records"):
-        hist = pd.DataFrame(m.get("history") or [])
+        hist = pd.DataFrame(m["history"] if isinstance(m.get("history"), list) else [])  # older runs: none
         if hist.empty or "heldout_clean_acc" not in hist:
             continue
         epoch = np.arange(1, len(hist) + 1)

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import onnx  # noqa: F401 - these three load with the module (a Ray worker starts with it), not on
+import onnxruntime  # noqa: F401 - the first instance's clock: together seconds on a loaded machine
 import torch
-import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimiser: seconds on the first instance's clock
+import torch._dynamo  # noqa: F401 - (torch.optim imports it at the first optimiser)
 
 from ..bounds.alpha import alpha_bounds, alpha_spec
 from ..bounds.beta import beta_bound, beta_spec, split_bounds
@@ -345,17 +347,27 @@ class _BaB:
 
 def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check, log: list, milp_thread: bool,
                    cfg: VerifierConfig):
-    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` for one region;
+    """``("sat", x)``, ``("unsat", margin)``, ``("timeout"|"unknown", best_lb)`` (``None`` when the
+    deadline passed before any bound) for one region;
     ``milp_thread``: run clause MILPs in a thread beside BaB (see :class:`_MilpWorker`). A chain
     :class:`Graph` is simplified to dense layers (MILP, refinement); a :class:`Dag` is bounded as a
     DAG (:class:`ReluView`: BaB over its ReLUs, no MILP)."""
     if not region.clauses:  # nothing can violate it
         return "unsat", float("inf")
-    x = pgd_attack(graph, region, restarts=cfg.attack_restarts, steps=cfg.attack_steps, deadline=deadline, seed=0)
-    if x is not None and (cex := check(region, x)) is not None:
-        log.append("pgd: counterexample")
-        log.stage = "attack"
+
+    def attack():  # the DAG path bounds first: its CROWN pass costs less than the attack there
+        x = pgd_attack(graph, region, restarts=cfg.attack_restarts, steps=cfg.attack_steps, deadline=deadline,
+                       seed=0)
+        if x is not None and (cex := check(region, x)) is not None:
+            log.append("pgd: counterexample")
+            log.stage = "attack"
+            return cex
+        return None
+
+    if not isinstance(graph, Dag) and (cex := attack()) is not None:
         return "sat", cex
+    if deadline.expired():  # no time left for a bound: stop on time (the runner kills overruns)
+        return "timeout", None
     if cfg.input_split and input_split.suits(graph, region, cfg):
         st, val = input_split.verify_box(graph, region, deadline, check, log, cfg)
         if st in ("sat", "unsat") or deadline.expired():
@@ -390,6 +402,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
     if (best > TAU).any():
         log.reached("crown")
     open_ = [c for c in range(n_cl) if best[c] <= TAU]
+    if open_ and isinstance(graph, Dag) and (cex := attack()) is not None:
+        return "sat", cex
     row_slopes = None
     if open_ and p.layers is not None:
         ab = alpha_bounds(p.graph, p.lo, p.hi, iters=cfg.alpha_bound_iters, lr=cfg.lr_alpha_init, deadline=deadline)
@@ -412,6 +426,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
             log.append("pgd: counterexample")
             log.stage = "attack"
             return "sat", cex
+    if open_ and deadline.expired():  # every BaB would start with a bound computation past the deadline
+        return "timeout", float(best.min())
     groups: dict[int, list] = {}  # clauses with the same row count share one BaB
     for c in open_:
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
@@ -647,7 +663,8 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
             margins.append(val)
             if st != "unsat":
                 status = "timeout" if st == "timeout" or deadline.expired() else "unknown"
-        return Verdict(status, time.monotonic() - t0, margin=min(margins, default=None), log="; ".join(log),
+        margin = min((m for m in margins if m is not None), default=None)  # None: a region stopped before bounds
+        return Verdict(status, time.monotonic() - t0, margin=margin, log="; ".join(log),
                        stage=log.stage if status == "unsat" else None)
     except _Found as found:
         log.append("bab: counterexample")

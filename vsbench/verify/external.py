@@ -139,8 +139,7 @@ def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -
 
 
 def _checked(instance: Instance, verdict: Verdict) -> Verdict:
-    """``verdict`` with an unconfirmed ``sat`` downgraded to ``unknown`` and its point replaced by the one
-    onnxruntime was fed."""
+    """``verdict`` with an unconfirmed ``sat`` downgraded to ``unknown``."""
     if verdict.status != "sat" or verdict.cex is None:
         return verdict
     try:
@@ -148,8 +147,9 @@ def _checked(instance: Instance, verdict: Verdict) -> Verdict:
     except Exception as exc:  # noqa: BLE001 - an unreadable file or an onnxruntime failure: not confirmed
         cex, why = None, f"check failed ({type(exc).__name__}: {exc})"
     if cex is None:
-        return Verdict("unknown", verdict.time_s, log=f"{verdict.log}\n{why}: downgraded to unknown"[-LOG_CHARS:])
-    return Verdict("sat", verdict.time_s, cex=cex, margin=verdict.margin, log=verdict.log)
+        return dataclasses.replace(verdict, status="unknown", cex=None,
+                                   log=f"{verdict.log}\n{why}: downgraded to unknown"[-LOG_CHARS:])
+    return verdict
 
 
 def _nonfinite(instance: Instance) -> Verdict | None:
