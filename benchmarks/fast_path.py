@@ -26,10 +26,9 @@ from pathlib import Path
 def _share(job):
     import torch
 
+    from vsbench.spec.vnnlib import read_vnnlib
     from vsbench.verify.config import make_config
     from vsbench.verify.fastpath import fast_path
-
-    from vsbench.spec.vnnlib import read_vnnlib
 
     instances, options = job
     torch.set_num_threads(1)

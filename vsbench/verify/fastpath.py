@@ -11,7 +11,10 @@ ones left open:
 Convolutions stay convolutions (the graph's ``Conv.back`` is a transposed convolution), so nothing
 is densified. A ``sat`` carries a point :func:`vsbench.onnx_io.confirm_counterexample` accepted (and
 the runner checks it again); an ``unsat`` needs a float64 bound above the threshold the built-in
-verifier uses. What stays open is left to the per-instance verifier.
+verifier uses after every row is raised by its float32 error bound in onnxruntime
+(:func:`vsbench.bounds.float_error.row_error`, once per model over the hull of its boxes). Models
+that are not a chain of affine ops and ReLUs are left to the per-instance verifier, as is what
+stays open.
 """
 
 from __future__ import annotations
