@@ -84,8 +84,9 @@ def main() -> None:
             for (name, r), (status, time_s, log, peak) in zip(todo, pool.map(_verify, jobs)):
                 ref = r["verdict"]
                 wrong = status in ("sat", "unsat") and ref in ("sat", "unsat") and status != ref
-                results.append(dict(benchmark=name, onnx=r["onnx"], vnnlib=r["vnnlib"], status=status, ref=ref,
-                                    time_s=round(time_s, 2), peak_mb=round(peak), wrong=wrong, log=log))
+                results.append({"benchmark": name, "onnx": r["onnx"], "vnnlib": r["vnnlib"], "status": status,
+                                "ref": ref, "time_s": round(time_s, 2), "peak_mb": round(peak), "wrong": wrong,
+                                "log": log})
                 print(f"{name} {r['onnx']} {r['vnnlib']} {status} (ref {ref}) {time_s:.1f}s {peak:.0f}MB"
                       f"{'  WRONG' if wrong else ''}", flush=True)
     if args.csv and results:
@@ -99,10 +100,10 @@ def main() -> None:
     for name in args.names:
         rs = [r for r in results if r["benchmark"] == name]
         solved = [r for r in rs if r["status"] in ("sat", "unsat")]
-        count = lambda s: sum(r["status"] == s for r in rs)  # noqa: E731
+        count = {s: sum(r["status"] == s for r in rs) for s in ("sat", "unsat", "timeout")}
         times = [r["time_s"] for r in solved] or [float("nan")]
-        print(f"{name:16} {len(rs):>3} {len(solved):>6} {count('sat'):>4} {count('unsat'):>5} "
-              f"{count('timeout'):>7} {len(rs) - len(solved) - count('timeout'):>5} "
+        print(f"{name:16} {len(rs):>3} {len(solved):>6} {count['sat']:>4} {count['unsat']:>5} "
+              f"{count['timeout']:>7} {len(rs) - len(solved) - count['timeout']:>5} "
               f"{statistics.median(times):>8.2f} {statistics.mean(times):>7.2f} "
               f"{max((r['peak_mb'] for r in rs), default=0):>7} {sum(r['wrong'] for r in rs):>5} "
               f"{sum(r['ref'] == 'unknown' for r in solved):>4}")

@@ -7,7 +7,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vsbench.bounds.dag_bounds import alpha_spec, crown_spec, float32_error, ibp, intermediate_bounds
+from vsbench.bounds.dag_bounds import (
+    alpha_spec,
+    crown_spec,
+    float32_error,
+    ibp,
+    intermediate_bounds,
+)
 from vsbench.bounds.graph import UnsupportedModel
 from vsbench.bounds.onnx_ops import load_onnx
 from vsbench.onnx_io import run_onnx
