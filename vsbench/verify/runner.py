@@ -12,6 +12,7 @@ Ray set-up lives in ``vsbench.cluster``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,8 +50,9 @@ class _Worker:
     def _make(self):
         from vsbench.verify.registry import get_verifier
 
+        os.environ["OMP_NUM_THREADS"] = str(self.cores)  # the task's CPUs only, also for a torch imported later
         v = get_verifier(self.verifier) if isinstance(self.verifier, str) else self.verifier()
-        if "torch" in sys.modules:  # the task's CPUs only: no intra-op threads fighting the other tasks
+        if "torch" in sys.modules:  # no intra-op threads fighting the other tasks
             sys.modules["torch"].set_num_threads(self.cores)
         return v
 
@@ -60,7 +62,6 @@ class _Worker:
     def verify(self, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
         """Decide one instance with a fresh verifier object (no state carried between instances)."""
         import resource
-
 
         from vsbench.gz import plain_instance
 
