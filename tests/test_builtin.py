@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from vsbench.bounds.crown import crown_bounds
 from vsbench.bounds.graph import Graph, ReLU
 from vsbench.spec.api import Deadline, Instance, Property, Region
+from vsbench.spec.vnnlib import robustness_property
 from vsbench.verify import builtin
 from vsbench.verify.builtin import BuiltinVerifier, simplify, verify_property
 from vsbench.verify.config import VerifierConfig
@@ -33,12 +34,7 @@ def _problem(seed):
     c = rng.normal(size=n_in)
     r = rng.uniform(0.05, 1.0)
     label = int(Graph.from_dense(layers).forward(torch.as_tensor(c)[None]).argmax())  # robust near c
-    clauses = []
-    for j in range(n_out):
-        if j != label:
-            C = np.zeros((1, n_out))
-            C[0, label], C[0, j] = 1.0, -1.0
-            clauses.append((C, np.zeros(1)))
+    clauses = robustness_property(c, label, r, n_out, clip=None).regions[0].clauses
     if seed % 4 == 1:  # a two-row clause beside one-row ones: BaB groups clauses by row count
         (C1, r1), (C2, r2) = clauses
         clauses = [(np.vstack([C1, C2]), np.concatenate([r1, r2])), (C2, r2)]

@@ -13,6 +13,7 @@ from scipy.optimize import linprog
 
 from vsbench.bounds.graph import Graph
 from vsbench.spec.api import Deadline, Instance, Property, Region
+from vsbench.spec.vnnlib import robustness_property
 from vsbench.verify.builtin import BuiltinVerifier, verify_property
 from vsbench.verify.config import VerifierConfig
 from vsbench.verify.milp import TAU
@@ -29,12 +30,7 @@ def _problem(seed):
     c, r = rng.normal(size=n_in), rng.uniform(0.1, 1.5)
     y = Graph.from_dense([(torch.as_tensor(W), torch.as_tensor(b)) for W, b in layers]).forward(torch.as_tensor(c)[None])
     label = int(y.argmax())
-    clauses = []
-    for j in range(n_out):
-        if j != label:
-            C = np.zeros((1, n_out))
-            C[0, label], C[0, j] = 1.0, -1.0
-            clauses.append((C, np.zeros(1)))
+    clauses = robustness_property(c, label, r, n_out, clip=None).regions[0].clauses
     if seed % 3 == 1:  # one clause of two rows: violated only where both hold
         clauses = [(np.vstack([C for C, _ in clauses]), np.zeros(2))]
     return layers, Region(c - r, c + r, clauses)
