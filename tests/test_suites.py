@@ -75,7 +75,7 @@ def test_quick_profile_jobs_and_overrides(tmp_path):
     assert ctx.models_dir == tmp_path / "run" / "models"
 
 
-@pytest.mark.parametrize("name", ["mnist-eps0.3-cnn", "mnist-eps0.1-cnn"])
+@pytest.mark.parametrize("name", ["mnist-eps0.3", "mnist-eps0.1"])
 def test_quick_profiles_train_a_cnn_on_the_full_set_and_verify_500_images(name):
     suite = load_suite(name)
     quick = suite.profile("quick")
