@@ -188,17 +188,14 @@ def train_models(ctx: RunContext, workers: int | None = None, ray_address: str |
 
 def _train_one(cfg, meta: dict, data_dir: Path | None, events, pretrained: dict | None):
     """Train one model where Ray placed it; returns what the driver saves (workers write nothing).
-    Each epoch's history row goes to the driver through ``events`` (a Ray queue)."""
-    import ray
-    from ray.util.queue import Full
-
+    Each epoch's history row goes to the driver through ``events`` (a Ray queue, unbounded), sent
+    without waiting: a blocking ``put`` is a ``ray.get``, during which Ray lends this task's CPU to
+    the next queued task, so a 2-CPU run ended up with 3 trainers at once (and the dense model that
+    HYDRA and prune-after wait for finished later)."""
     from vsbench.train.loop import train
 
     def on_epoch(row: dict) -> None:
-        try:
-            events.put((meta["model"], row), timeout=5)
-        except (ray.exceptions.RayError, Full) as exc:  # progress display only: never fail training
-            log.debug("epoch event lost: %s", exc)
+        events.actor.put_nowait.remote((meta["model"], row))  # progress display only: never waited on
 
     result = train(cfg, data_dir=data_dir, on_epoch=on_epoch, pretrained=pretrained)
     return result.model, {**meta, "config": cfg.model_dump(), "phases": result.phases,
