@@ -1,6 +1,8 @@
 """Bound widths and times of vsbench's IBP / CROWN / alpha-CROWN next to auto_LiRPA's, on VNN-COMP 2021
 mnistfc and the conv benchmarks (first property of each model). Needs auto_LiRPA importable (see
-/work/shared/tools/abcrown.md); prints a table. Usage: python benchmarks/bounds_vs_auto_lirpa.py [N_MODELS]
+/work/shared/tools/abcrown.md) and onnx2pytorch, i.e. alpha-beta-CROWN's environment; prints a table.
+Both engines run in float64 (torch's default dtype too, as auto_LiRPA's alpha-CROWN needs). Usage:
+``PYTHONPATH=$AB/alpha-beta-CROWN/auto_LiRPA:. $AB/venv/bin/python benchmarks/bounds_vs_auto_lirpa.py [N_MODELS]``
 """
 
 import os
@@ -44,7 +46,7 @@ def main(n_models: int) -> None:
             seen.append(inst.onnx)
             r = read_vnnlib(inst.vnnlib).regions[0]
             try:
-                g = from_onnx(inst.onnx)
+                g = from_onnx(inst.onnx).to(torch.float64)
             except ValueError as exc:  # a graph our bound engines do not read yet: one line, go on
                 print(f"{bench.name + '/' + Path(inst.onnx).stem:40.40s} skipped: {exc}")
                 continue
@@ -65,4 +67,5 @@ def main(n_models: int) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
