@@ -351,19 +351,19 @@ def test_abcrown_runner_one_task_per_model(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not AbcrownVerifier().available()[0], reason=AbcrownVerifier().available()[1])
 def test_abcrown_mnistfc(mnistfc_dir, tmp_path):
-    """The real tool with its own mnistfc config: reference verdicts, the counterexample confirmed, and
-    nothing written into the benchmark folder (the tool caches ``*.vnnlib.compiled`` beside its inputs)."""
+    """The real tool with its own mnistfc config, both properties in one process: reference verdicts, the
+    counterexample confirmed, and nothing written into the benchmark folder (the tool caches
+    ``*.vnnlib.compiled`` beside its inputs). Runs where ABCROWN_PATH (and ABCROWN_PYTHON) point at it."""
     for name in ("mnist-net_256x2.onnx", "prop_7_0.03.vnnlib", "prop_0_0.03.vnnlib"):
         shutil.copy(mnistfc_dir / name, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     config = find_abcrown()[0].parent / "exp_configs" / "vnncomp21" / "mnistfc_small.yaml"
     tool = AbcrownVerifier(config if config.is_file() else None, device="cpu")
-    inst = Instance(tmp_path / "mnist-net_256x2.onnx", tmp_path / "prop_7_0.03.vnnlib", 60)
-    v = tool.verify(inst, 60)
-    assert v.status == "sat", v.log
-    assert confirm_counterexample(inst, v.cex)[0] is not None
-    v = tool.verify(Instance(inst.onnx, tmp_path / "prop_0_0.03.vnnlib", 60), 60)
-    assert v.status in ("unsat", "timeout"), v.log  # reference: unsat (60 s is tight on a loaded CPU)
+    insts = [Instance(tmp_path / "mnist-net_256x2.onnx", tmp_path / f"prop_{p}_0.03.vnnlib", 60) for p in (7, 0)]
+    sat, unsat = (v for _, v in sorted(tool.verify_model(insts, [60, 60])))
+    assert sat.status == "sat", sat.log
+    assert confirm_counterexample(insts[0], sat.cex)[0] is not None
+    assert unsat.status in ("unsat", "timeout"), unsat.log  # reference: unsat (60 s is tight on a loaded CPU)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
