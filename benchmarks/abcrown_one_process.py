@@ -21,7 +21,8 @@ from vsbench.verify.external import AbcrownVerifier, find_abcrown
 
 def main(n: int, timeout: float) -> None:
     bench = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) / "vnncomp2021-mnistfc"
-    rows = [r for r in csv.DictReader(open(bench / "reference_verdicts.csv")) if r["onnx"] == "mnist-net_256x2.onnx"]
+    with open(bench / "reference_verdicts.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["onnx"] == "mnist-net_256x2.onnx"]
     rows = [rows[round(k * (len(rows) - 1) / max(n - 1, 1))] for k in range(n)]
     script, why = find_abcrown()
     if script is None:
