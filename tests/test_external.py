@@ -4,6 +4,8 @@ import csv
 import gzip
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -238,6 +240,9 @@ class ABCROWN:  # the tool's entry point: abcrown.py's __main__ is ABCROWN(args=
         print("stand-in abcrown, pid", os.getpid(), "timeout", cfg["bab"]["timeout"], "beta",
               cfg.get("solver", {}).get("beta"), flush=True)
         name = os.path.basename(vnnlib)
+        if os.environ.get("STAND_IN_LOG"):
+            with open(os.environ["STAND_IN_LOG"], "a") as f:
+                f.write(f"{os.getpid()} {name}\\n")
         if name.startswith("hang"):
             time.sleep(300)
         if name.startswith("crash"):
@@ -347,6 +352,61 @@ def test_abcrown_runner_one_task_per_model(monkeypatch, tmp_path):
     assert calls.read_text().count("start") == 2  # one process per model
     assert len(run_verification(instances, "abcrown", tmp_path / "run", workers=2)) == 8
     assert calls.read_text().count("start") == 2 and len((tmp_path / "run" / "records.jsonl").read_text().splitlines()) == 8
+
+
+CTRL_C_DRIVER = """
+import sys
+from pathlib import Path
+from vsbench.spec.api import Instance
+from vsbench.verify.runner import run_verification
+
+folder = Path(sys.argv[1])
+insts = [Instance(folder / "relu.onnx", folder / f"{n}.vnnlib", 10 if n == "hang" else 30)
+         for n in ("sat", "unsat", "hang", "unsat2")]
+run_verification(insts, "abcrown", folder / "run", workers=1)
+"""
+
+
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" in status.read_text()
+
+
+def test_abcrown_ctrl_c_then_resumed(monkeypatch, tmp_path, relu_onnx):
+    """Ctrl-C while the model's tool process works on its third instance: the two finished instances are
+    recorded, the tool process dies with the run, and the same command again decides only the other two."""
+    from vsbench.store import read_records
+
+    abcrown_stand_in(tmp_path / "tool", monkeypatch)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("STAND_IN_LOG", str(calls))
+    monkeypatch.setenv("VSBENCH_KILL_GRACE_S", "5")
+    shutil.copy(relu_onnx, tmp_path / "relu.onnx")
+    write_vnnlib(tmp_path / "sat.vnnlib", Property([y1_le_y0([0, 0], [1, 1])]))
+    for k, name in enumerate(("unsat", "hang", "unsat2")):
+        write_vnnlib(tmp_path / f"{name}.vnnlib", Property([y1_le_y0([0, 0.5 + 0.1 * k], [0.4, 1])]))
+    (tmp_path / "driver.py").write_text(CTRL_C_DRIVER)
+    args = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path)]
+    proc = subprocess.Popen(args)
+    records = tmp_path / "run" / "records.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (len(read_records(records)) == 2 and "hang" in calls.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    first = read_records(records)
+    assert [(Path(r["vnnlib"]).name, r["status"]) for r in first] == [("sat.vnnlib", "sat"), ("unsat.vnnlib", "unsat")]
+    pid = int(calls.read_text().split()[-2])
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(pid)  # no tool outlives its run
+    subprocess.run(args, check=True, timeout=300)
+    final = read_records(records)
+    assert final[:2] == first and [(Path(r["vnnlib"]).name, r["status"]) for r in final[2:]] == [
+        ("hang.vnnlib", "timeout"), ("unsat2.vnnlib", "unsat")]
+    names = [line.split()[1] for line in calls.read_text().splitlines()]
+    assert names == ["sat.vnnlib", "unsat.vnnlib", "hang.vnnlib", "hang.vnnlib", "unsat2.vnnlib"]
 
 
 @pytest.mark.skipif(not AbcrownVerifier().available()[0], reason=AbcrownVerifier().available()[1])
