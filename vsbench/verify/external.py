@@ -460,8 +460,8 @@ class AbcrownVerifier:
                         return
                     if now > started + timeouts[i] + self.kill_grace_s:
                         _kill(proc)
-                        yield i, _file_verdict(Path(), None, log(i) if running else "", now - started, timeouts[i],
-                                               "abcrown.py")
+                        yield i, Verdict("timeout", now - started, log=f"abcrown.py killed past its {timeouts[i]:g} s "
+                                         f"timeout\n{log(i) if running else ''}"[-LOG_CHARS:])
                         return
                     time.sleep(0.05)
             finally:
