@@ -8,7 +8,8 @@ baseline. A candidate method the baseline lacks (a new
 sparsifier) is paired with the baseline's best method at the same arch and sparsity. With
 ``against=METHOD`` every candidate row is paired with the baseline's METHOD instead, so one run's
 methods can be gated against one reference (``vsbench compare RUN RUN --against verisparse``); the
-reference's own rows are then skipped when both folders are the same run.
+rows without the reference at their sparsity (dense) and, when both folders are the same run, the
+reference's own rows are skipped.
 
 A row *fails* only when both hold:
 - the candidate's verified accuracy is lower by more than the allowed drop, ``max(tol, 2 x the
@@ -95,11 +96,9 @@ def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02, against: str | No
     rows = []
     for key, c in cand.groupby(ROW, sort=False):
         arch, method, sparsity, verifier = key
-        if same_run and method == against:
-            continue
         b, base_method = _baseline_rows(base, arch, against or method, sparsity, verifier)
-        if b is None:
-            continue
+        if b is None or (against and (base_method != against or (same_run and method == against))):
+            continue  # nothing to pair with, no reference at this sparsity, or the reference paired with itself
         seed_of = _seed_pairs(sorted(set(b["seed"])), sorted(set(c["seed"])))
         pairs = b.merge(c.assign(seed=c["seed"].map(seed_of)).dropna(subset=["seed"]), on=["seed", "image"],
                         suffixes=("_b", "_c"))
