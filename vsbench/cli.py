@@ -140,8 +140,10 @@ def run(
     from vsbench.verify.registry import with_options
 
     check_options(out=out, ray_address=ray_address)
-    options = _verifier_options(verifier_config, verifier_option)
     chosen = load_suite(suite)
+    if (verifier or chosen.verifier) == "abcrown" and verifier_config is not None and not verifier_option:
+        verifier, verifier_config = f"abcrown:{verifier_config.resolve()}", None  # the tool's own per-benchmark YAML
+    options = _verifier_options(verifier_config, verifier_option)
     with_options(verifier or chosen.verifier, {**chosen.verifier_options, **options})  # bad options: before any work
     with _run_context(suite, profile, out, data_dir) as ctx:
         train_models(ctx, workers=workers, ray_address=ray_address)
@@ -273,13 +275,15 @@ def compare(
     base_run: Path = typer.Argument(..., help="Baseline run folder."),
     cand_run: Path = typer.Argument(..., help="Candidate run folder (same test images and eps)."),
     tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened to 2x the baseline's seed spread)."),
+    against: Optional[str] = typer.Option(None, "--against", help="Pair every candidate row with this baseline "
+                                          "method at the same sparsity (e.g. a zoo run against verisparse)."),
     as_json: bool = typer.Option(False, "--json", help="Every column, machine-readable."),
 ):
     """Paired regression gate: exit 1 when a row's verified accuracy drops beyond the tolerance and
     significantly (exact McNemar over the same images, Holm-corrected, p < 0.05)."""
     from vsbench.report.compare import compare as compare_runs
 
-    df = compare_runs(base_run, cand_run, tol / 100)
+    df = compare_runs(base_run, cand_run, tol / 100, against)
     if as_json:
         print(df.to_json(orient="records", indent=1))
     else:
