@@ -24,7 +24,7 @@ from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds import dag_bounds
 from ..bounds.dag import Dag
 from ..bounds.dag_bounds import ReluView
-from ..bounds.float_error import dag_row_error, row_error
+from ..bounds.float_error import ChainError, dag_row_error, row_error
 from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
@@ -109,6 +109,13 @@ def float32_region(graph: Graph | Dag, region: Region, onnx_path) -> tuple[Regio
     ends = np.cumsum([len(rhs) for _, rhs in region.clauses])[:-1]
     clauses = [(C, rhs + e) for (C, rhs), e in zip(region.clauses, np.split(err, ends))]
     return Region(region.lower, region.upper, clauses), float(err.max(initial=0.0))
+
+
+def _raised(graph: Graph, region: Region, onnx_path, log) -> Region:
+    """:func:`float32_region`, logged."""
+    region, err = float32_region(graph, region, onnx_path)
+    log.append(f"float32 error bound {err:.1e}")
+    return region
 
 
 # --------------------------------------------------------------------------- one region
@@ -367,10 +374,19 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         return "sat", cex
     if deadline.expired():  # no time left for a bound: stop on time (the runner kills overruns)
         return "timeout", None
+    raise_rhs = check.onnx_path is not None and not isinstance(graph, Dag)  # the DAG path bounds float32 itself
     if cfg.input_split and input_split.suits(graph, region, cfg):
-        st, val = input_split.verify_box(graph, region, deadline, check, log, cfg)
+        error = None
+        if raise_rhs:
+            try:  # the float32 error bound per sub-box
+                error = ChainError(check.onnx_path)
+            except UnsupportedModel:  # ONNX ops the chain model lacks: one bound over the whole region
+                region, raise_rhs = _raised(graph, region, check.onnx_path, log), False
+        st, val = input_split.verify_box(graph, region, deadline, check, log, cfg, error)
         if st in ("sat", "unsat") or deadline.expired():
             return st, val
+    if raise_rhs:
+        region = _raised(graph, region, check.onnx_path, log)
     lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
     upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
     if isinstance(graph, Dag):
@@ -654,9 +670,6 @@ def verify_property(graph: Graph | Dag, prop: Property, deadline: Deadline, onnx
         check = _Checker(g, prop, onnx_path)
         margins, status = [], "unsat"
         for region in prop.regions:
-            if onnx_path is not None and not isinstance(g, Dag):  # the DAG path bounds the float32 model itself
-                region, err = float32_region(g, region, onnx_path)
-                log.append(f"float32 error bound {err:.1e}")
             st, val = _verify_region(g, region, deadline, check, log, milp_thread, cfg)
             if st == "sat":
                 return Verdict("sat", time.monotonic() - t0, cex=val, log="; ".join(log), stage=log.stage)
