@@ -77,11 +77,11 @@ def _backward(steps: list[_Step], rows: torch.Tensor, B: int) -> torch.Tensor:
     for s in reversed(steps):
         if s.rounding is not None:
             total += torch.einsum("brn,bn->br", mid.abs() + rad, s.rounding)
-        if s.d_lo is not None:
+        if s.d_lo is not None:  # gains in {0, 1}: [lo, hi] * [d_lo, d_hi]
             lo, hi = mid - rad, mid + rad
-            d_lo, d_hi = s.d_lo[:, None], s.d_hi[:, None]
-            ends = torch.stack([lo * d_lo, lo * d_hi, hi * d_lo, hi * d_hi])
-            lo, hi = ends.min(0).values, ends.max(0).values
+            sure, live = s.d_lo[:, None], s.d_hi[:, None]
+            lo = torch.where(live, torch.where(sure, lo, lo.clamp(max=0)), 0.0)
+            hi = torch.where(live, torch.where(sure, hi, hi.clamp(min=0)), 0.0)
             mid, rad = (lo + hi) / 2, (hi - lo) / 2
         else:
             rad = s.back_abs(rad.expand_as(mid).reshape(B * R, -1)).reshape(B, R, -1)
@@ -261,7 +261,7 @@ class ChainError:
                     lo, hi = torch.maximum(lo, l), torch.minimum(hi, u)
                 k += 1
                 err = self._refine(steps, lo, hi, err)
-                steps.append(_Step(d_lo=((lo - err) > 0).flatten(1).double(), d_hi=((hi + err) > 0).flatten(1).double()))
+                steps.append(_Step(d_lo=((lo - err) > 0).flatten(1), d_hi=((hi + err) > 0).flatten(1)))
                 lo, hi, err = lo.clamp(min=0), hi.clamp(min=0), torch.where(hi + err > 0, err, 0.0)
             elif isinstance(op, _Affine):
                 mid = op.fn((lo + hi) / 2) + op.bias

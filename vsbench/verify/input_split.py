@@ -191,7 +191,6 @@ def _falsify(g: Graph, region: Region, lo, hi, a, step: int, cfg: VerifierConfig
             return x
     if step % cfg.input_split_pgd_every == 0:
         starts = centres[: 16].numpy()
-        y = pgd_attack(g, region, restarts=0, steps=cfg.bab_pgd_steps, seed=step, starts=starts)
-        if y is not None:
-            return check(region, y)
+        return pgd_attack(g, region, restarts=0, steps=cfg.bab_pgd_steps, seed=step, starts=starts,
+                          confirm=lambda y: check(region, y))
     return None
