@@ -68,11 +68,11 @@ class _Step:
     d_hi: torch.Tensor | None = None
 
 
-def _backward(steps: list[_Step], rows: torch.Tensor, B: int) -> torch.Tensor:
-    """``(B, R)``: ``sum_k |c J_k| r_k`` for each box and each row ``c`` of ``rows`` ``(R, n)`` (flat, at
-    the output of ``steps[-1]``)."""
-    R = rows.shape[0]
-    mid, rad = rows.expand(B, R, -1), rows.new_zeros(())
+def _backward(steps: list[_Step], rows: torch.Tensor) -> torch.Tensor:
+    """``(B, R)``: ``sum_k |c J_k| r_k`` for each box ``b`` and each row ``c`` of ``rows[b]`` (``(B, R, n)``,
+    flat, at the output of ``steps[-1]``)."""
+    B, R = rows.shape[:2]
+    mid, rad = rows, rows.new_zeros(())
     total = rows.new_zeros(B, R)
     for s in reversed(steps):
         if s.rounding is not None:
@@ -89,10 +89,10 @@ def _backward(steps: list[_Step], rows: torch.Tensor, B: int) -> torch.Tensor:
     return total
 
 
-def _error(steps: list[_Step], rows: torch.Tensor, B: int) -> torch.Tensor:
+def _error(steps: list[_Step], rows: torch.Tensor) -> torch.Tensor:
     """:func:`_backward` in chunks of rows (at most ``CHUNK`` row vectors over all boxes at once)."""
-    step = max(1, CHUNK // B)
-    return torch.cat([_backward(steps, rows[i:i + step], B) for i in range(0, len(rows), step)], 1)
+    step = max(1, CHUNK // rows.shape[0])
+    return torch.cat([_backward(steps, rows[:, i:i + step]) for i in range(0, rows.shape[1], step)], 1)
 
 
 def _torch_back(fn, in_shape):
@@ -277,22 +277,22 @@ class ChainError:
                 a_flat = a.flatten()
                 steps.append(_Step(lambda v, a=a_flat: v * a, lambda v, a=a_flat: v * a.abs(), r.flatten(1)))
                 err = a.abs() * err + r
-        return _error(steps, rows.to(torch.float64).reshape(-1, self.n_out), B)
+        return _error(steps, rows.to(torch.float64).reshape(-1, self.n_out).expand(B, -1, -1))
 
     @staticmethod
     def _refine(steps: list[_Step], lo, hi, err):
         """``err`` at a ReLU's input, tightened by the backward bound (the identity as rows) for the
         neurons whose error gain the forward bound leaves unsure (those it changes)."""
         l, u, e = lo.flatten(1), hi.flatten(1), err.flatten(1)
-        unsure = (((l > 0) & (l - e <= 0)) | ((u <= 0) & (u + e > 0))).any(0)
-        idx = torch.nonzero(unsure).flatten()
-        if not len(idx):
+        unsure = ((l > 0) & (l - e <= 0)) | ((u <= 0) & (u + e > 0))
+        m = int(unsure.sum(1).max())
+        if not m:
             return err
-        rows = torch.zeros(len(idx), e.shape[1], dtype=torch.float64)
-        rows[torch.arange(len(idx)), idx] = 1.0
-        e = e.clone()
-        e[:, idx] = torch.minimum(e[:, idx], _error(steps, rows, len(e)))
-        return e.reshape(err.shape)
+        idx = unsure.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :m]  # each box's own
+        rows = torch.zeros(len(e), m, e.shape[1], dtype=torch.float64).scatter_(2, idx[..., None], 1.0)
+        old = e.gather(1, idx)
+        new = torch.where(unsure.gather(1, idx), torch.minimum(old, _error(steps, rows)), old)
+        return e.scatter(1, idx, new).reshape(err.shape)
 
 
 def row_error(onnx_path: str | Path, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray,
