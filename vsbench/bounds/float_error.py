@@ -46,7 +46,7 @@ U = 2.0**-24  # float32 unit roundoff
 TINY = 2.0**-126  # absolute error of an underflowing or flushed operation
 EXTRA = 4  # roundings onnxruntime's constant folding may add to a Gemm / Conv's weights and bias
 BN_ROUNDINGS = 8  # roundings in BatchNormalization: var + eps, sqrt, scale / ., x - mean, * a, + bias
-CHUNK = 16384  # row vectors (over all boxes) propagated backwards at once
+CHUNK = 1024  # row vectors propagated backwards at once (more when there are more boxes: one row each)
 
 
 def gamma(k: int) -> float:
@@ -89,10 +89,12 @@ def _backward(steps: list[_Step], rows: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _error(steps: list[_Step], rows: torch.Tensor) -> torch.Tensor:
-    """:func:`_backward` in chunks of rows (at most ``CHUNK`` row vectors over all boxes at once)."""
-    step = max(1, CHUNK // rows.shape[0])
-    return torch.cat([_backward(steps, rows[:, i:i + step]) for i in range(0, rows.shape[1], step)], 1)
+def _error(steps: list[_Step], rows: torch.Tensor | Callable, R: int, B: int) -> torch.Tensor:
+    """:func:`_backward` in chunks of the ``R`` rows per box (at most ``CHUNK`` row vectors over all ``B``
+    boxes at once, or one row per box); ``rows``: ``(B, R, n)`` or a function ``(i, j) -> rows[:, i:j]``."""
+    step = max(1, CHUNK // B)
+    part = rows if callable(rows) else lambda i, j: rows[:, i:j]
+    return torch.cat([_backward(steps, part(i, i + step)) for i in range(0, R, step)], 1)
 
 
 def _torch_back(fn, in_shape):
@@ -277,7 +279,8 @@ class ChainError:
                 a_flat = a.flatten()
                 steps.append(_Step(lambda v, a=a_flat: v * a, lambda v, a=a_flat: v * a.abs(), r.flatten(1)))
                 err = a.abs() * err + r
-        return _error(steps, rows.to(torch.float64).reshape(-1, self.n_out).expand(B, -1, -1))
+        rows = rows.to(torch.float64).reshape(-1, self.n_out).expand(B, -1, -1)
+        return _error(steps, rows, rows.shape[1], B)
 
     @staticmethod
     def _refine(steps: list[_Step], lo, hi, err):
@@ -289,9 +292,13 @@ class ChainError:
         if not m:
             return err
         idx = unsure.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :m]  # each box's own
-        rows = torch.zeros(len(e), m, e.shape[1], dtype=torch.float64).scatter_(2, idx[..., None], 1.0)
+
+        def rows(i, j):  # one-hot rows of the neurons idx[:, i:j]
+            return torch.zeros(len(e), idx[:, i:j].shape[1], e.shape[1], dtype=torch.float64).scatter_(
+                2, idx[:, i:j, None], 1.0)
+
         old = e.gather(1, idx)
-        new = torch.where(unsure.gather(1, idx), torch.minimum(old, _error(steps, rows)), old)
+        new = torch.where(unsure.gather(1, idx), torch.minimum(old, _error(steps, rows, m, len(e))), old)
         return e.scatter(1, idx, new).reshape(err.shape)
 
 
