@@ -122,3 +122,19 @@ def test_runs_with_different_seeds_are_paired_in_seed_order(tmp_path):
     row = compare(base, cand).iloc[0]
     assert (row["seeds"], row["N pairs"], row["base only"], row["cand only"]) == (1, N, 5, 5)
     assert not row["worse"]
+
+
+def test_against_pairs_every_method_of_one_run_with_the_reference(tmp_path):
+    vs = outcomes(0.8, 0)
+    run = make_run(tmp_path / "zoo", {("verisparse", 0): vs, ("snip", 0): flip(vs, 60),
+                                      ("lottery", 0): flip(vs, 3, 3, seed=2)})
+    models = [json.loads(line) for line in (run / "models.jsonl").read_text().splitlines()]
+    dense = {**models[0], "model": "cnn_dense_s0_seed0", "method": "dense", "sparsity": 0.0}
+    write_records(run / "models.jsonl", models + [dense])  # a dense model: no VeriSparse at its sparsity
+    df = compare(run, run, against="verisparse").set_index("method")
+    assert sorted(df.index) == ["lottery", "snip"]  # neither the reference nor dense is compared with itself
+    assert set(df["baseline"]) == {"verisparse"}
+    assert df.loc["snip", "worse"] and (df.loc["snip", "base only"], df.loc["snip", "cand only"]) == (60, 0)
+    assert not df.loc["lottery", "worse"] and df.loc["lottery", "base only"] == 3
+    with pytest.raises(ValueError, match="no method 'hydra'"):
+        compare(run, run, against="hydra")

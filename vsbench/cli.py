@@ -273,13 +273,15 @@ def compare(
     base_run: Path = typer.Argument(..., help="Baseline run folder."),
     cand_run: Path = typer.Argument(..., help="Candidate run folder (same test images and eps)."),
     tol: float = typer.Option(2.0, "--tol", help="Allowed drop in verified accuracy, in points (widened to 2x the baseline's seed spread)."),
+    against: Optional[str] = typer.Option(None, "--against", help="Pair every candidate row with this baseline "
+                                          "method at the same sparsity (e.g. a zoo run against verisparse)."),
     as_json: bool = typer.Option(False, "--json", help="Every column, machine-readable."),
 ):
     """Paired regression gate: exit 1 when a row's verified accuracy drops beyond the tolerance and
     significantly (exact McNemar over the same images, Holm-corrected, p < 0.05)."""
     from vsbench.report.compare import compare as compare_runs
 
-    df = compare_runs(base_run, cand_run, tol / 100)
+    df = compare_runs(base_run, cand_run, tol / 100, against)
     if as_json:
         print(df.to_json(orient="records", indent=1))
     else:

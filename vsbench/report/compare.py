@@ -5,7 +5,11 @@ otherwise there is nothing to pair and :func:`compare` raises. Each row is one (
 sparsity, verifier) of the candidate, paired image by image (and seed by seed, over the seeds both
 runs have; runs without a common seed pair their seeds in sorted order) with the same row of the
 baseline. A candidate method the baseline lacks (a new
-sparsifier) is paired with the baseline's best method at the same arch and sparsity.
+sparsifier) is paired with the baseline's best method at the same arch and sparsity. With
+``against=METHOD`` every candidate row is paired with the baseline's METHOD instead, so one run's
+methods can be gated against one reference (``vsbench compare RUN RUN --against verisparse``); the
+rows without the reference at their sparsity (dense) and, when both folders are the same run, the
+reference's own rows are skipped.
 
 A row *fails* only when both hold:
 - the candidate's verified accuracy is lower by more than the allowed drop, ``max(tol, 2 x the
@@ -72,9 +76,10 @@ def _row_stats(run_dir: Path) -> pd.DataFrame:
     return df.groupby(["arch", "method", "sparsity"])[["clean_acc", "train_s", "verify_s_total"]].mean()
 
 
-def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
+def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02, against: str | None = None) -> pd.DataFrame:
     """One row per candidate row: paired counts, difference with its interval, p-values, ``worse``
-    and ``why``. Accuracies and differences in %, ``tol`` as a fraction (finite, >= 0)."""
+    and ``why``. Accuracies and differences in %, ``tol`` as a fraction (finite, >= 0); ``against``
+    pairs every row with that baseline method."""
     if not (0 <= tol < float("inf")):
         raise ValueError(f"--tol {100 * tol:g}: the tolerance must be a finite number of points >= 0")
     base_set, cand_set = image_set(base_dir), image_set(cand_dir)
@@ -83,13 +88,17 @@ def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
                          f"(eps {cand_set[0]:g} vs {base_set[0]:g}, {len(cand_set[1])} vs {len(base_set[1])} "
                          "images): a paired comparison needs the same properties")
     base, cand = outcomes(base_dir), outcomes(cand_dir)
+    if against is not None and against not in set(base["method"]):
+        raise ValueError(f"{base_dir}: has no method {against!r} to compare against "
+                         f"(it has {', '.join(sorted(set(base['method'])))})")
+    same_run = Path(base_dir).resolve() == Path(cand_dir).resolve()
     base_stats, cand_stats = _row_stats(base_dir), _row_stats(cand_dir)
     rows = []
     for key, c in cand.groupby(ROW, sort=False):
         arch, method, sparsity, verifier = key
-        b, against = _baseline_rows(base, arch, method, sparsity, verifier)
-        if b is None:
-            continue
+        b, base_method = _baseline_rows(base, arch, against or method, sparsity, verifier)
+        if b is None or (against and (base_method != against or (same_run and method == against))):
+            continue  # nothing to pair with, no reference at this sparsity, or the reference paired with itself
         seed_of = _seed_pairs(sorted(set(b["seed"])), sorted(set(c["seed"])))
         pairs = b.merge(c.assign(seed=c["seed"].map(seed_of)).dropna(subset=["seed"]), on=["seed", "image"],
                         suffixes=("_b", "_c"))
@@ -99,10 +108,11 @@ def compare(base_dir: Path, cand_dir: Path, tol: float = 0.02) -> pd.DataFrame:
         per_seed_b = b.groupby("seed")["verified"].mean()
         per_seed_c = c.groupby("seed")["verified"].mean()
         allowed = max(tol, 2 * float(per_seed_b.std(ddof=0)))
-        bs, cs = base_stats.loc[(arch, against, sparsity)], cand_stats.loc[(arch, method, sparsity)]
+        bs, cs = base_stats.loc[(arch, base_method, sparsity)], cand_stats.loc[(arch, method, sparsity)]
+        named = base_method in (method, against)
         rows.append({
             "arch": arch, "method": method, "sparsity": sparsity, "verifier": verifier,
-            "baseline": against if against == method else f"best baseline ({against})",
+            "baseline": base_method if named else f"best baseline ({base_method})",
             "seeds": len(seed_of), "N pairs": len(pairs),
             "verified base %": 100 * pairs["verified_b"].mean(), "verified cand %": 100 * pairs["verified_c"].mean(),
             "Δ verified": 100 * diff, "Δ lo": 100 * lo, "Δ hi": 100 * hi,
