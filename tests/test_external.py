@@ -4,6 +4,9 @@ import csv
 import gzip
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -218,29 +221,63 @@ def test_abcrown_discovery(monkeypatch, tmp_path):
 
 
 STAND_IN = """
-import os, sys, yaml
-cfg = yaml.safe_load(open(sys.argv[2]))
-assert sys.argv[1] == "--config" and cfg["general"]["device"] == "cpu" and cfg["general"]["save_adv_example"]
-onnx, vnnlib = cfg["model"]["onnx_path"], cfg["specification"]["vnnlib_path"]
-assert onnx.endswith(".onnx") and vnnlib.endswith(".vnnlib")
-for path in (onnx + ".optimized", vnnlib + ".compiled"):  # the cache files the real tool writes beside its inputs
-    open(path, "w").write("cache")
-print("stand-in abcrown, timeout", cfg["bab"]["timeout"], "beta", cfg.get("solver", {}).get("beta"))
-with open(cfg["general"]["results_file"], "w") as f:
-    f.write("sat\\n((X_0 0.75)\\n (X_1 0.5)\\n (Y_0 0.75)\\n (Y_1 0.5))\\n")
+import os, sys, time, yaml
+time.sleep(float(os.environ.get("STAND_IN_STARTUP_S", "0")))  # the real tool's import-time start-up
+
+
+class ABCROWN:  # the tool's entry point: abcrown.py's __main__ is ABCROWN(args=sys.argv[1:]).main()
+    def __init__(self, args):
+        assert args[0] == "--config"
+        self.cfg = yaml.safe_load(open(args[1]))
+
+    def main(self):
+        cfg = self.cfg
+        assert cfg["general"]["device"] == "cpu" and cfg["general"]["save_adv_example"]
+        onnx, vnnlib = cfg["model"]["onnx_path"], cfg["specification"]["vnnlib_path"]
+        assert onnx.endswith(".onnx") and vnnlib.endswith(".vnnlib")
+        for path in (onnx + ".optimized", vnnlib + ".compiled"):  # the cache files the real tool writes beside its inputs
+            open(path, "w").write("cache")
+        print("stand-in abcrown, pid", os.getpid(), "timeout", cfg["bab"]["timeout"], "beta",
+              cfg.get("solver", {}).get("beta"), flush=True)
+        name = os.path.basename(vnnlib)
+        if os.environ.get("STAND_IN_LOG"):
+            with open(os.environ["STAND_IN_LOG"], "a") as f:
+                f.write(f"{os.getpid()} {name}\\n")
+        if name.startswith("hang"):
+            time.sleep(300)
+        if name.startswith("crash"):
+            os._exit(3)
+        if name.startswith("raise"):
+            raise RuntimeError("stand-in: unsupported operator")
+        with open(cfg["general"]["results_file"], "w") as f:  # sat: a point (0.75, 0.5); else unsat
+            f.write("sat\\n((X_0 0.75)\\n (X_1 0.5)\\n (Y_0 0.75)\\n (Y_1 0.5))\\n" if name.startswith("sat") else "unsat\\n")
+
+
+if __name__ == "__main__":
+    ABCROWN(sys.argv[1:]).main()
 """
+
+
+def abcrown_stand_in(folder: Path, monkeypatch) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "abcrown.py").write_text(STAND_IN)
+    monkeypatch.setenv("ABCROWN_PATH", str(folder))
+
+
+def y1_le_y0(lo, hi):
+    """Violated where y1 <= y0 inside the box [lo, hi]."""
+    return Region(np.array(lo, float), np.array(hi, float), [(np.array([[-1.0, 1.0]]), np.zeros(1))])
 
 
 def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
     """The adapter's YAML, the tool's own config kept, inputs in the adapter's temporary folder (the
     benchmark folder is left unchanged) and result parsing, against a stand-in abcrown.py (a real subprocess)."""
-    (tmp_path / "abcrown.py").write_text(STAND_IN)
-    monkeypatch.setenv("ABCROWN_PATH", str(tmp_path))
+    abcrown_stand_in(tmp_path, monkeypatch)
     bench = tmp_path / "bench"
     bench.mkdir()
     onnx = Path(shutil.copy(relu_onnx, bench))
-    vnnlib = bench / "p.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
-    write_vnnlib(vnnlib, Property([Region(np.zeros(2), np.ones(2), [(np.array([[-1.0, 1.0]]), np.zeros(1))])]))
+    vnnlib = bench / "sat.vnnlib"  # violated where y1 <= y0: the stand-in's point (0.75, 0.5) is confirmed
+    write_vnnlib(vnnlib, Property([y1_le_y0([0, 0], [1, 1])]))
     before = {p.name: p.read_bytes() for p in bench.iterdir()}
     v = AbcrownVerifier(device="cpu").verify(Instance(onnx, vnnlib, 7), 7)
     assert v.status == "sat" and v.cex.tolist() == [0.75, 0.5] and "timeout 7.0 beta None" in v.log
@@ -254,21 +291,139 @@ def test_abcrown_adapter_with_stand_in(monkeypatch, tmp_path, relu_onnx):
     assert not AbcrownVerifier(tmp_path / "missing.yaml").available()[0]
 
 
+def _pid(log: str) -> str:
+    return log.split("pid ")[1].split()[0]
+
+
+def test_abcrown_one_process_per_model(monkeypatch, tmp_path, relu_onnx):
+    """All instances of a model in one stand-in process (start-up charged to its first instance), each with
+    its own verdict and timeout; an instance that raises is an error and the next goes on in the same
+    process; one that hangs is killed at timeout + grace and one that crashes the process is an error,
+    the rest going to a new process; a sat whose point is not confirmed is unknown."""
+    abcrown_stand_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("STAND_IN_STARTUP_S", "1")
+    names = ["sat", "unsat", "raise", "sat-wrong", "hang", "unsat2", "crash", "unsat3"]
+    props = {"sat": [y1_le_y0([0, 0], [1, 1])], "sat-wrong": [y1_le_y0([0, 0.6], [1, 1])]}  # (0.75, 0.5): outside
+    instances = []
+    for name in names:  # unsat ones: y1 <= y0 - 1 is impossible for y = relu(x), x in [0, 1]^2
+        write_vnnlib(tmp_path / f"{name}.vnnlib", Property(props.get(name, [
+            Region(np.zeros(2), np.ones(2), [(np.array([[-1.0, 1.0]]), np.array([-1.0]))])])))
+        instances.append(Instance(relu_onnx, tmp_path / f"{name}.vnnlib", 1 if name == "hang" else 30))
+    tool = AbcrownVerifier(device="cpu", kill_grace_s=1)
+    got = dict(tool.verify_model(instances, [i.timeout for i in instances]))
+    v = {name: got[k] for k, name in enumerate(names)}
+    assert {n: x.status for n, x in v.items()} == {
+        "sat": "sat", "unsat": "unsat", "raise": "error", "sat-wrong": "unknown", "hang": "timeout",
+        "unsat2": "unsat", "crash": "error", "unsat3": "unsat"}, {n: x.log for n, x in v.items()}
+    assert "unsupported operator" in v["raise"].log and "killed past its 1 s timeout" in v["hang"].log
+    assert "exited 3 while deciding" in v["crash"].log
+    first = {_pid(v[n].log) for n in ("sat", "unsat", "raise", "sat-wrong", "hang")}
+    second = {_pid(v[n].log) for n in ("unsat2", "crash")}
+    assert len(first) == 1 and len(second) == 1 and first != second != {_pid(v["unsat3"].log)}
+    assert v["sat"].time_s >= 1 and v["unsat2"].time_s >= 1  # each process's first instance pays its start-up
+
+
+def test_abcrown_runner_one_task_per_model(monkeypatch, tmp_path):
+    """Through the runner: one tool process per model for all its instances, every verdict recorded on its
+    own, and a re-run redoes nothing."""
+    import ray
+
+    abcrown_stand_in(tmp_path / "tool", monkeypatch)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("ABCROWN_PYTHON", str(tmp_path / "python"))  # logs each start of the tool, then runs it
+    (tmp_path / "python").write_text(f"#!/bin/sh\necho start >> {calls}\nexec {sys.executable} \"$@\"\n")
+    (tmp_path / "python").chmod(0o755)
+    ray.shutdown()  # the Ray workers must see the environment above
+    models = []
+    for k in (1, 2):  # y = k relu(x): two models (records are keyed by content)
+        net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        with torch.no_grad():
+            for lin, scale in ((net[0], 1.0), (net[2], float(k))):
+                lin.weight.copy_(scale * torch.eye(2))
+                lin.bias.zero_()
+        models.append(export_onnx(net, (2,), tmp_path / f"m{k}.onnx"))
+    write_vnnlib(tmp_path / "sat.vnnlib", Property([y1_le_y0([0, 0], [1, 1])]))
+    for k in range(3):
+        write_vnnlib(tmp_path / f"unsat{k}.vnnlib", Property([y1_le_y0([0, 0.5 + 0.1 * k], [0.4, 1])]))
+    instances = [Instance(m, tmp_path / f"{p}.vnnlib", 30) for m in models for p in ("sat", "unsat0", "unsat1", "unsat2")]
+    records = run_verification(instances, "abcrown", tmp_path / "run", workers=1)
+    assert [r["status"] for r in records] == ["sat", "unsat", "unsat", "unsat"] * 2
+    assert all(r["cex_checked"] for r in records if r["status"] == "sat")
+    assert calls.read_text().count("start") == 2  # one process per model
+    assert len(run_verification(instances, "abcrown", tmp_path / "run", workers=1)) == 8
+    assert calls.read_text().count("start") == 2 and len((tmp_path / "run" / "records.jsonl").read_text().splitlines()) == 8
+
+
+CTRL_C_DRIVER = """
+import sys
+from pathlib import Path
+from vsbench.spec.api import Instance
+from vsbench.verify.runner import run_verification
+
+folder = Path(sys.argv[1])
+insts = [Instance(folder / "relu.onnx", folder / f"{n}.vnnlib", 10 if n == "hang" else 30)
+         for n in ("sat", "unsat", "hang", "unsat2")]
+run_verification(insts, "abcrown", folder / "run", workers=1)
+"""
+
+
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" in status.read_text()
+
+
+def test_abcrown_ctrl_c_then_resumed(monkeypatch, tmp_path, relu_onnx):
+    """Ctrl-C while the model's tool process works on its third instance: the two finished instances are
+    recorded, the tool process dies with the run, and the same command again decides only the other two."""
+    from vsbench.store import read_records
+
+    abcrown_stand_in(tmp_path / "tool", monkeypatch)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("STAND_IN_LOG", str(calls))
+    monkeypatch.setenv("VSBENCH_KILL_GRACE_S", "5")
+    shutil.copy(relu_onnx, tmp_path / "relu.onnx")
+    write_vnnlib(tmp_path / "sat.vnnlib", Property([y1_le_y0([0, 0], [1, 1])]))
+    for k, name in enumerate(("unsat", "hang", "unsat2")):
+        write_vnnlib(tmp_path / f"{name}.vnnlib", Property([y1_le_y0([0, 0.5 + 0.1 * k], [0.4, 1])]))
+    (tmp_path / "driver.py").write_text(CTRL_C_DRIVER)
+    args = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path)]
+    proc = subprocess.Popen(args)
+    records = tmp_path / "run" / "records.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (len(read_records(records)) == 2 and "hang" in calls.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    first = read_records(records)
+    assert [(Path(r["vnnlib"]).name, r["status"]) for r in first] == [("sat.vnnlib", "sat"), ("unsat.vnnlib", "unsat")]
+    pid = int(calls.read_text().split()[-2])
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(pid)  # no tool outlives its run
+    subprocess.run(args, check=True, timeout=300)
+    final = read_records(records)
+    assert final[:2] == first and [(Path(r["vnnlib"]).name, r["status"]) for r in final[2:]] == [
+        ("hang.vnnlib", "timeout"), ("unsat2.vnnlib", "unsat")]
+    names = [line.split()[1] for line in calls.read_text().splitlines()]
+    assert names == ["sat.vnnlib", "unsat.vnnlib", "hang.vnnlib", "hang.vnnlib", "unsat2.vnnlib"]
+
+
 @pytest.mark.skipif(not AbcrownVerifier().available()[0], reason=AbcrownVerifier().available()[1])
 def test_abcrown_mnistfc(mnistfc_dir, tmp_path):
-    """The real tool with its own mnistfc config: reference verdicts, the counterexample confirmed, and
-    nothing written into the benchmark folder (the tool caches ``*.vnnlib.compiled`` beside its inputs)."""
+    """The real tool with its own mnistfc config, both properties in one process: reference verdicts, the
+    counterexample confirmed, and nothing written into the benchmark folder (the tool caches
+    ``*.vnnlib.compiled`` beside its inputs). Runs where ABCROWN_PATH (and ABCROWN_PYTHON) point at it."""
     for name in ("mnist-net_256x2.onnx", "prop_7_0.03.vnnlib", "prop_0_0.03.vnnlib"):
         shutil.copy(mnistfc_dir / name, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     config = find_abcrown()[0].parent / "exp_configs" / "vnncomp21" / "mnistfc_small.yaml"
     tool = AbcrownVerifier(config if config.is_file() else None, device="cpu")
-    inst = Instance(tmp_path / "mnist-net_256x2.onnx", tmp_path / "prop_7_0.03.vnnlib", 60)
-    v = tool.verify(inst, 60)
-    assert v.status == "sat", v.log
-    assert confirm_counterexample(inst, v.cex)[0] is not None
-    v = tool.verify(Instance(inst.onnx, tmp_path / "prop_0_0.03.vnnlib", 60), 60)
-    assert v.status in ("unsat", "timeout"), v.log  # reference: unsat (60 s is tight on a loaded CPU)
+    insts = [Instance(tmp_path / "mnist-net_256x2.onnx", tmp_path / f"prop_{p}_0.03.vnnlib", 60) for p in (7, 0)]
+    sat, unsat = (v for _, v in sorted(tool.verify_model(insts, [60, 60])))
+    assert sat.status == "sat", sat.log
+    assert confirm_counterexample(insts[0], sat.cex)[0] is not None
+    assert unsat.status in ("unsat", "timeout"), unsat.log  # reference: unsat (60 s is tight on a loaded CPU)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -82,3 +82,51 @@ def test_quick_profiles_train_a_cnn_on_the_full_set_and_verify_500_images(name):
     assert all(a.startswith("cnn-") for a in quick.archs or suite.archs)
     assert "n_train" not in quick.train and len(quick.sparsity) >= 3 and quick.properties >= 500
     assert suite.profile("full").properties == 10000
+
+
+def _abcrown_suite(tmp_path, config_line: str):
+    from vsbench.suites import SPECS_DIR
+
+    text = (SPECS_DIR / "smoke.yaml").read_text().replace("verifier: builtin", f"verifier: abcrown\n{config_line}", 1)
+    (tmp_path / "suites").mkdir(exist_ok=True)
+    path = tmp_path / "suites" / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_verifier_config_resolved_beside_the_suite(tmp_path):
+    """``verifier_config:`` is alpha-beta-CROWN's own YAML, found relative to the suite file and run as
+    ``abcrown:PATH`` (also when the command line picks abcrown)."""
+    path = _abcrown_suite(tmp_path, "verifier_config: configs/mnistfc.yaml")
+    (tmp_path / "suites" / "configs").mkdir()
+    (tmp_path / "suites" / "configs" / "mnistfc.yaml").write_text("solver:\n  beta: true\n")
+    suite = load_suite(str(path))
+    config = tmp_path / "suites" / "configs" / "mnistfc.yaml"
+    assert suite.verifier_config == config.resolve()
+    assert suite.verifier_name() == suite.verifier_name("abcrown") == f"abcrown:{config.resolve()}"
+    assert suite.verifier_name("builtin") == "builtin"
+
+
+@pytest.mark.parametrize("line, write, needle", [
+    ("verifier_config: none.yaml", None, "none.yaml: cannot read"),
+    ("verifier_config: c.yaml", "[1, 2]", "c.yaml: not a YAML mapping"),
+    ("verifier_config: c.yaml", "a: [1", "c.yaml: malformed YAML"),
+])
+def test_bad_verifier_config_is_one_line(tmp_path, line, write, needle):
+    path = _abcrown_suite(tmp_path, line)
+    if write is not None:
+        (path.parent / "c.yaml").write_text(write)
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: verifier_config: ") and needle in msg and "\n" not in msg
+
+
+def test_verifier_config_needs_abcrown(tmp_path):
+    from vsbench.suites import SPECS_DIR
+
+    path = tmp_path / "s.yaml"
+    path.write_text((SPECS_DIR / "smoke.yaml").read_text().replace("verifier: builtin", "verifier: builtin\nverifier_config: c.yaml"))
+    (tmp_path / "c.yaml").write_text("solver: {}\n")
+    with pytest.raises(SuiteError, match="verifier_config: only verifier abcrown"):
+        load_suite(str(path))

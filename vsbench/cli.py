@@ -140,8 +140,10 @@ def run(
     from vsbench.verify.registry import with_options
 
     check_options(out=out, ray_address=ray_address)
-    options = _verifier_options(verifier_config, verifier_option)
     chosen = load_suite(suite)
+    if (verifier or chosen.verifier) == "abcrown" and verifier_config is not None and not verifier_option:
+        verifier, verifier_config = f"abcrown:{verifier_config.resolve()}", None  # the tool's own per-benchmark YAML
+    options = _verifier_options(verifier_config, verifier_option)
     with_options(verifier or chosen.verifier, {**chosen.verifier_options, **options})  # bad options: before any work
     with _run_context(suite, profile, out, data_dir) as ctx:
         train_models(ctx, workers=workers, ray_address=ray_address)

@@ -328,7 +328,8 @@ def verify_models(ctx: RunContext, workers: int | None = None, ray_address: str 
     for inst in instances:
         inst.meta.update(meta.get(Path(inst.onnx).stem, {}))
     with progress_bar() as progress:
-        chosen = with_options(verifier or ctx.suite.verifier, {**ctx.suite.verifier_options, **(verifier_options or {})})
+        chosen = with_options(ctx.suite.verifier_name(verifier),
+                              {**ctx.suite.verifier_options, **(verifier_options or {})})
         return run_verification(instances, chosen, ctx.run_dir,
                                 workers=workers, ray_address=ray_address, progress=progress, memory_mb=memory_mb)
 

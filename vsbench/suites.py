@@ -68,6 +68,7 @@ class Suite(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     verifier: str = "builtin"
     verifier_options: dict[str, Any] = Field(default_factory=dict)  # VerifierConfig settings (builtin)
+    verifier_config: Path | None = None  # the tool's own YAML (abcrown), relative to the suite file
     property_seed: int = 0
     profiles: dict[str, Profile]
 
@@ -78,6 +79,12 @@ class Suite(Strict):
         if unknown or not profiles:
             raise ValueError(f"profiles must be among {PROFILES}, got {sorted(profiles)}")
         return profiles
+
+    def verifier_name(self, override: str | None = None) -> str:
+        """The verifier to run (``override`` or the suite's), as ``abcrown:CONFIG`` when it is alpha-beta-CROWN
+        and the suite names its config."""
+        name = override or self.verifier
+        return f"abcrown:{self.verifier_config}" if name == "abcrown" and self.verifier_config else name
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
@@ -131,7 +138,27 @@ def load_suite(name_or_path: str) -> Suite:
     except ValidationError as exc:
         raise SuiteError(f"{path}: {_first_error(exc)}") from None
     _check_names(suite, path)
+    if suite.verifier_config is not None:
+        suite.verifier_config = _tool_config(suite, path)
     return suite
+
+
+def _tool_config(suite: Suite, path: Path) -> Path:
+    """The suite's ``verifier_config``, resolved against the suite file's folder and checked to be a YAML
+    mapping for a verifier that reads one (alpha-beta-CROWN)."""
+    config = (path.parent / suite.verifier_config.expanduser()).resolve()
+    if suite.verifier != "abcrown":
+        raise SuiteError(f"{path}: verifier_config: only verifier abcrown reads its own config file "
+                         f"(builtin settings go in verifier_options)")
+    try:
+        raw = yaml.safe_load(config.read_text())
+    except OSError as exc:
+        raise SuiteError(f"{path}: verifier_config: {config}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}: verifier_config: {config}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: verifier_config: {config}: not a YAML mapping")
+    return config
 
 
 def _check_names(suite: Suite, path: Path) -> None:

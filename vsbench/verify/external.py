@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import math
 import os
 import re
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,19 +123,29 @@ def witness_text(x: np.ndarray, y: np.ndarray | None = None) -> str:
     return "(" + "\n ".join(pairs) + ")"
 
 
+def _start(cmd: list[str], out, cwd: str | Path | None) -> subprocess.Popen:
+    """``cmd`` in its own process group, so that it can be killed as a group."""
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+                            start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and its process group (children may outlive the leader) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_command(cmd: list[str], timeout: float, cwd: str | Path | None = None) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group; (exit code or None when killed at ``timeout``, output)."""
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=cwd, start_new_session=True)
+        proc = _start(cmd, out, cwd)
         try:
             rc = proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
             rc = None
         finally:
-            with contextlib.suppress(ProcessLookupError):  # children may outlive the leader: kill the group
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill(proc)
         out.seek(0)
         return rc, out.read().decode(errors="replace")[-LOG_CHARS:]
 
@@ -163,10 +175,9 @@ def _nonfinite(instance: Instance) -> Verdict | None:
     return None
 
 
-def _file_verdict(result: Path, rc: int | None, output: str, t0: float, timeout: float, what: str) -> Verdict:
-    """Verdict from a tool's result file, exit code and output, judged as VNN-COMP does: killed, a
-    non-zero exit or an answer after ``timeout`` seconds is not a result."""
-    elapsed = time.monotonic() - t0
+def _file_verdict(result: Path, rc: int | None, output: str, elapsed: float, timeout: float, what: str) -> Verdict:
+    """Verdict from a tool's result file, exit code and output after ``elapsed`` seconds, judged as
+    VNN-COMP does: killed, a non-zero exit or an answer after ``timeout`` seconds is not a result."""
     if rc is None:
         return Verdict("timeout", elapsed, log=f"{what} killed past its {timeout:g} s timeout\n{output}"[-LOG_CHARS:])
     if rc != 0:
@@ -304,20 +315,30 @@ def _merged(base: dict, over: dict) -> dict:
 
 
 class AbcrownVerifier:
-    """alpha-beta-CROWN run as ``abcrown.py --config`` with a YAML written per instance.
+    """alpha-beta-CROWN: one process per model for all its instances, so its start-up is paid once.
 
     ``config``: the tool's own YAML for the benchmark (e.g. ``exp_configs/vnncomp21/mnistfc.yaml``;
-    ``--verifier abcrown:PATH`` or ``vsbench verify --verifier-config PATH``): its settings are kept,
-    with the model, property, timeout, device and output files set per instance. The ONNX and VNN-LIB
-    files are copied into the run's own temporary folder, so the cache files the tool writes beside its
-    inputs (``*.onnx.optimized``, ``*.vnnlib.compiled``) never land in the user's benchmark folder.
-    ``ABCROWN_PYTHON`` picks the interpreter of its environment (default: this one).
+    ``--verifier abcrown:PATH``, ``vsbench verify --verifier-config PATH`` or a suite's
+    ``verifier_config:``): its settings are kept, with the model, property, timeout, device and output
+    files set per instance. The ONNX and VNN-LIB files are copied into the run's own temporary folder,
+    so the cache files the tool writes beside its inputs (``*.onnx.optimized``, ``*.vnnlib.compiled``)
+    never land in the user's benchmark folder. ``ABCROWN_PYTHON`` picks the interpreter of its
+    environment (default: this one).
+
+    :meth:`verify_model` runs ``abcrown_driver.py``: the tool's own entry point once per instance, in one
+    process, each instance with its own YAML, result file and counterexample. Start-up (interpreter,
+    torch, the tool's imports) is charged to the first instance of a process, whose clock starts at
+    launch as a lone run's would; each later instance's clock starts when the tool takes it. Every
+    instance gets its own timeout; one still running at timeout + ``kill_grace_s`` is killed with the
+    process (``timeout``), one that crashes the process is an ``error``, and a new process takes the rest.
     """
 
-    def __init__(self, config: str | Path | None = None, device: str | None = None):
+    def __init__(self, config: str | Path | None = None, device: str | None = None,
+                 kill_grace_s: float = KILL_GRACE_S):
         self.config_path = Path(config).expanduser().resolve() if config else None
-        self.device = device
+        self.device, self.kill_grace_s = device, kill_grace_s
         self.name = "abcrown" if config is None else f"abcrown:{self.config_path}"
+        self.overrun_s = kill_grace_s  # the runner waits this much longer before it steps in
 
     def available(self) -> tuple[bool, str]:
         if self.config_path is not None and not self.config_path.is_file():
@@ -333,7 +354,7 @@ class AbcrownVerifier:
 
         return hashlib.sha256(self.config_path.read_bytes()).hexdigest()[:16]
 
-    def config(self, instance: Instance, timeout: float, work: Path) -> dict:
+    def tool_config(self, instance: Instance, timeout: float, work: Path) -> dict:
         """The YAML config (as a dict) for one instance whose files are in ``work``; results go there too."""
         import yaml
 
@@ -353,27 +374,98 @@ class AbcrownVerifier:
         })
 
     def verify(self, instance: Instance, timeout: float) -> Verdict:
+        return dict(self.verify_model([instance], [timeout]))[0]
+
+    def verify_model(self, instances: list[Instance], timeouts: list[float]) -> Iterator[tuple[int, Verdict]]:
+        """``(index, verdict)`` of each instance of ONE ONNX model, as each ends."""
         import yaml
 
         from vsbench.gz import plain_instance
 
-        t0 = time.monotonic()
+        instances = [plain_instance(i) for i in instances]
+        if len({str(i.onnx) for i in instances}) > 1:
+            raise ValueError("verify_model takes the instances of one ONNX model")
         script, why = find_abcrown()
-        if script is None:
-            return Verdict("error", 0.0, log=why)
-        instance = plain_instance(instance)
-        if (bad := _nonfinite(instance)) is not None:
-            return bad
+        todo = []
+        for i, inst in enumerate(instances):
+            bad = Verdict("error", 0.0, log=why) if script is None else _nonfinite(inst)
+            if bad is None:
+                todo.append(i)
+            else:
+                yield i, bad
+        if not todo:
+            return
         with tempfile.TemporaryDirectory(prefix="vsbench-abcrown-") as tmp:
             work = Path(tmp)
             (work / "inputs").mkdir()
-            local = dataclasses.replace(instance, onnx=Path(shutil.copy(instance.onnx, work / "inputs")),
-                                        vnnlib=Path(shutil.copy(instance.vnnlib, work / "inputs")))
-            cfg = work / "config.yaml"
-            cfg.write_text(yaml.safe_dump(self.config(local, timeout, work)))
-            python = os.environ.get("ABCROWN_PYTHON", sys.executable)
-            rc, output = run_command([python, str(script), "--config", str(cfg)], timeout + KILL_GRACE_S, cwd=work)
-            return _checked(instance, _file_verdict(work / "result.txt", rc, output, t0, timeout, "abcrown.py"))
+            onnx = Path(shutil.copy(instances[todo[0]].onnx, work / "inputs"))
+            jobs = {}
+            for i in todo:
+                folder = work / str(i)
+                folder.mkdir()
+                local = dataclasses.replace(instances[i], onnx=onnx, vnnlib=Path(shutil.copy(instances[i].vnnlib, folder)))
+                (folder / "config.yaml").write_text(yaml.safe_dump(self.tool_config(local, timeouts[i], folder)))
+                jobs[i] = {"config": str(folder / "config.yaml"), "log": str(folder / "log.txt")}
+            while todo:
+                for i, verdict in self._process(script, work, list(todo), jobs, timeouts):
+                    todo.remove(i)
+                    yield i, _checked(instances[i], verdict)
+
+    def _process(self, script: Path, work: Path, todo: list[int], jobs: dict, timeouts: list[float]):
+        """One tool process over ``todo``, in order: ``(index, verdict)`` of each instance it ends. It
+        stops after an instance it is killed or crashes on; a process that dies before its first
+        instance makes them all ``error`` (a new one would die the same way)."""
+        run = work / f"run-{todo[0]}"
+        run.mkdir()
+        (run / "jobs.json").write_text(json.dumps([jobs[i] for i in todo]))
+        progress = run / "progress.txt"
+        progress.touch()
+        python = os.environ.get("ABCROWN_PYTHON", sys.executable)
+        driver = Path(__file__).with_name("abcrown_driver.py")
+
+        def log(i: int) -> str:
+            return Path(jobs[i]["log"]).read_text(errors="replace")[-LOG_CHARS:]
+
+        with open(run / "startup.log", "wb") as out:
+            launched = time.time()
+            proc = _start([python, str(driver), str(script), str(run / "jobs.json"), str(progress)], out, work)
+            try:
+                k, started, running, seen = 0, launched, False, 0  # todo[k]: the instance running or next
+                while k < len(todo):
+                    exited = proc.poll() is not None
+                    lines = progress.read_text().split("\n")[:-1]  # complete lines only
+                    for event, j, t, *rc in (ln.split() for ln in lines[seen:]):
+                        j, t = int(j), float(t)
+                        if event == "start":
+                            started, running = (launched if j == 0 else t), True
+                        else:
+                            i = todo[j]
+                            yield i, _file_verdict(Path(jobs[i]["config"]).with_name("result.txt"), int(rc[0]), log(i),
+                                                   t - started, timeouts[i], "abcrown.py")
+                            k, started, running = j + 1, t, False
+                    seen = len(lines)
+                    if k == len(todo):
+                        break
+                    i, now = todo[k], time.time()
+                    if exited and running:
+                        yield i, Verdict("error", now - started, log=f"abcrown.py exited {proc.returncode} while "
+                                         f"deciding this instance\n{log(i)}"[-LOG_CHARS:])
+                        return
+                    if exited:
+                        if k == 0:
+                            why = (run / "startup.log").read_text(errors="replace")
+                            for i in todo:
+                                yield i, Verdict("error", 0.0, log=f"abcrown.py exited {proc.returncode} before "
+                                                 f"its first instance\n{why}"[-LOG_CHARS:])
+                        return
+                    if now > started + timeouts[i] + self.kill_grace_s:
+                        _kill(proc)
+                        yield i, Verdict("timeout", now - started, log=f"abcrown.py killed past its {timeouts[i]:g} s "
+                                         f"timeout\n{log(i) if running else ''}"[-LOG_CHARS:])
+                        return
+                    time.sleep(0.05)
+            finally:
+                _kill(proc)
 
 
 def category_of(instance: Instance) -> str:
@@ -431,6 +523,6 @@ class VnncompToolVerifier:
             t0 = time.monotonic()
             rc, out = run_command(["bash", str(self.tool_dir / "run_instance.sh"), "v1", category, onnx, vnnlib,
                                    str(result), f"{timeout:g}"], timeout + self.kill_grace_s, cwd=self.tool_dir)
-            verdict = _checked(instance, _file_verdict(result, rc, out, t0, timeout, "run_instance.sh"))
+            verdict = _checked(instance, _file_verdict(result, rc, out, time.monotonic() - t0, timeout, "run_instance.sh"))
         verdict.prepare_s = prepare_s
         return verdict

@@ -11,6 +11,7 @@ Ray set-up lives in ``vsbench.cluster``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -35,6 +36,32 @@ START_FAILURES = 3  # workers that may fail to start in one run (replaced) befor
 START_WAIT_S = 60.0  # the longest the queue waits for the first workers to start before it dispatches
 
 
+def _build(verifier, cores: int):
+    """A new verifier from a registry name or factory, in a process that uses ``cores`` CPUs."""
+    from vsbench.verify.registry import get_verifier
+
+    os.environ["OMP_NUM_THREADS"] = str(cores)  # the task's CPUs only, also for a torch imported later
+    v = get_verifier(verifier) if isinstance(verifier, str) else verifier()
+    if "torch" in sys.modules:  # no intra-op threads fighting the other tasks
+        sys.modules["torch"].set_num_threads(cores)
+    return v
+
+
+@contextlib.contextmanager
+def _heap_limit(memory_mb: int | None):
+    """A soft cap of ``memory_mb`` MiB on this process's heap (and the tools it starts), lifted on exit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    try:
+        if memory_mb:
+            limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
 class _Worker:
     """One task slot as a Ray actor: a warm process that decides instances one after the other.
 
@@ -48,21 +75,13 @@ class _Worker:
         self._make()
 
     def _make(self):
-        from vsbench.verify.registry import get_verifier
-
-        os.environ["OMP_NUM_THREADS"] = str(self.cores)  # the task's CPUs only, also for a torch imported later
-        v = get_verifier(self.verifier) if isinstance(self.verifier, str) else self.verifier()
-        if "torch" in sys.modules:  # no intra-op threads fighting the other tasks
-            sys.modules["torch"].set_num_threads(self.cores)
-        return v
+        return _build(self.verifier, self.cores)
 
     def ready(self) -> bool:
         return True
 
     def verify(self, instance: Instance, timeout: float, memory_mb: int | None) -> dict:
         """Decide one instance with a fresh verifier object (no state carried between instances)."""
-        import resource
-
         from vsbench.gz import plain_instance
 
         v = self._make()
@@ -70,19 +89,14 @@ class _Worker:
         ok, reason = v.available()
         if not ok:
             return {"status": "error", "time_s": 0.0, "log": f"verifier {v.name} unavailable: {reason}"}
-        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         start = time.monotonic()
         try:
-            if memory_mb:  # soft limit only, restored below: the worker decides further instances
-                limit = memory_mb * 2**20 if hard == resource.RLIM_INFINITY else min(memory_mb * 2**20, hard)
-                resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-            verdict: Verdict = v.verify(instance, timeout)
+            with _heap_limit(memory_mb):  # lifted afterwards: the worker decides further instances
+                verdict: Verdict = v.verify(instance, timeout)
         except (MemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and "memory" not in str(exc):
                 raise
             return {"status": "error", "time_s": time.monotonic() - start, "log": f"error: out of memory ({exc})"}
-        finally:
-            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
         return _result(verdict)
 
 
@@ -165,6 +179,9 @@ def run_verification(instances: list[Instance], verifier_name, out_dir: str | Pa
             todo = [i for i in todo if id(i) not in decided]
             if progress and decided:
                 progress("verify", total - len(todo), total)
+            if todo and hasattr(verifier, "verify_model"):  # an external tool that takes a model's instances at once
+                todo = _per_model(todo, verifier_name, timeouts, finish, workers, ray_address, memory_mb, grace_s,
+                                  cores, progress and (lambda n: progress("verify", total - len(todo) + n, total)))
             if todo:
                 _fan_out(todo, verifier_name, timeouts, finish, workers, ray_address, memory_mb, retries, grace_s,
                          cores, progress and (lambda n: progress("verify", total - len(todo) + n, total)))
@@ -214,6 +231,79 @@ def _fast_path(todo: list[Instance], verifier, config, timeouts: dict, workers: 
                         type(exc).__name__)
             ray.cancel(ref, force=True)
     return out
+
+
+# --------------------------------------------------------------------------- one task per model (external tools)
+
+
+def _model_task(verifier, cores: int, instances: list[Instance], timeouts: list[float], memory_mb: int | None):
+    """Runs in a Ray worker as a generator: ``(-1, None)`` once it has started, then ``(index, result)``
+    of each instance as the verifier's ``verify_model`` decides it."""
+    from vsbench.gz import plain_instance
+
+    v = _build(verifier, cores)
+    yield -1, None
+    with _heap_limit(memory_mb):
+        for i, verdict in v.verify_model([plain_instance(inst) for inst in instances], timeouts):
+            yield i, _result(verdict)
+
+
+def _per_model(todo: list[Instance], verifier, timeouts: dict, finish: Callable, workers: int | None,
+               ray_address: str | None, memory_mb: int | None, grace_s: float, cores: int,
+               progress: Callable[[int], None] | None) -> list[Instance]:
+    """Decide ``todo`` with one Ray task per ONNX model for a verifier with ``verify_model`` (one tool
+    process for all of a model's instances); ``finish(instance, 1, result)`` for each as it ends, so a
+    crash or Ctrl-C loses no finished instance. Returns the instances left undecided (a task that
+    failed, or sent nothing for longer than its largest open timeout + ``grace_s``): the caller verifies
+    them one by one."""
+    import ray
+
+    init_ray(workers and workers * cores, ray_address)
+    by_model: dict[str, list[Instance]] = {}
+    for inst in todo:
+        by_model.setdefault(str(inst.onnx), []).append(inst)
+    task = ray.remote(num_cpus=cores, max_retries=0)(_model_task)
+    tasks = {}  # generator -> [its instances, indices still open, deadline of its next message or None]
+    for insts in by_model.values():
+        gen = task.remote(verifier, cores, insts, [timeouts[id(i)] for i in insts], memory_mb)
+        tasks[gen] = [insts, set(range(len(insts))), None]
+    left: list[Instance] = []
+    done = 0
+    try:
+        while tasks:
+            ready, _ = ray.wait(list(tasks), num_returns=1, timeout=1.0)
+            for gen in ready:
+                insts, open_, _ = state = tasks[gen]
+                try:
+                    i, result = ray.get(next(gen))
+                except StopIteration:
+                    i = None
+                except ray.exceptions.RayError as exc:
+                    log.warning("%s: its task failed (%s); its open instances are verified one by one",
+                                insts[0].onnx, type(exc).__name__)
+                    i = None
+                if i is None:
+                    left += [insts[j] for j in sorted(open_)]
+                    del tasks[gen]
+                    continue
+                if i >= 0:
+                    finish(insts[i], 1, result)
+                    open_.discard(i)
+                    done += 1
+                state[2] = time.monotonic() + max((timeouts[id(insts[j])] for j in open_), default=0.0) + grace_s
+            now = time.monotonic()
+            for gen, (insts, open_, deadline) in list(tasks.items()):
+                if deadline is not None and now > deadline:  # the last resort: the tool ignored its timeouts
+                    log.warning("%s: its task overran; its open instances are verified one by one", insts[0].onnx)
+                    ray.cancel(gen, force=True)
+                    left += [insts[j] for j in sorted(open_)]
+                    del tasks[gen]
+            if progress:
+                progress(done)
+    finally:
+        for gen in tasks:  # Ctrl-C: stop the tasks (their tool processes die with them)
+            ray.cancel(gen, force=True)
+    return left
 
 
 def _fan_out(todo: list[Instance], verifier, timeouts: dict, finish: Callable, workers: int | None,
