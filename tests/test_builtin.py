@@ -93,7 +93,7 @@ def test_simplify_is_exact():
     layers = [(torch.as_tensor(rng.normal(size=(o, i)) * (rng.random((o, i)) < 0.3)), torch.as_tensor(rng.normal(size=o)))
               for i, o in ((8, 12), (12, 10), (10, 3))]
     lo, hi = torch.zeros(1, 8, dtype=torch.float64), torch.ones(1, 8, dtype=torch.float64)
-    small, keep, _ = simplify(layers, lo, hi)
+    small, keep, _, _ = simplify(layers, lo, hi)
     x = torch.rand(500, 8, dtype=torch.float64)
     full = Graph.from_dense(layers).forward(x)
     assert torch.allclose(Graph.from_dense(small).forward(x[:, keep]), full)

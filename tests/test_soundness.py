@@ -1,18 +1,25 @@
 """Float32 soundness: the float32 error bound holds against onnxruntime, a margin below it is not
 ``unsat``, NaN weights are an ``error``, and ``confirm_counterexample`` judges the point fed to the model."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from vsbench.bounds.float_error import row_error
+from vsbench.bounds.float_error import ChainError, row_error
+from vsbench.bounds.onnx_ops import load_onnx
 from vsbench.onnx_io import confirm_counterexample, round_inside, run_onnx
 from vsbench.spec.api import Instance, Property, Region, Verdict
-from vsbench.spec.vnnlib import write_vnnlib
-from vsbench.verify.builtin import BuiltinVerifier
+from vsbench.spec.vnnlib import read_vnnlib, write_vnnlib
+from vsbench.verify import input_split
+from vsbench.verify.builtin import BuiltinVerifier, dense_path
 from vsbench.verify.external import VnncompToolVerifier
+
+ACASXU = Path(os.environ.get("VSBENCH_BENCHMARKS", "/work/shared/benchmarks")) / "vnncomp2021-acasxu"
 
 
 def _save(path, nodes, inits, n_in, n_out, in_shape=None):
@@ -47,12 +54,14 @@ def _exact(path, x):
     """The model's output in float64 arithmetic on its float32 weights (numpy, independent of the bound code)."""
     m = onnx.load(str(path))
     c = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
-    v = {"x": np.asarray(x, dtype=np.float64).reshape(1, -1)}
+    inp = next(i.name for i in m.graph.input if i.name not in c)
+    v = {inp: np.asarray(x, dtype=np.float64).reshape(1, -1)}
     ops = {"Sub": lambda a: a[0] - a[1], "Div": lambda a: a[0] / a[1], "Relu": lambda a: np.maximum(a[0], 0),
-           "Gemm": lambda a: a[0] @ a[1].T + a[2], "MatMul": lambda a: a[0] @ a[1], "Add": lambda a: a[0] + a[1]}
+           "Gemm": lambda a: a[0] @ a[1].T + a[2], "MatMul": lambda a: a[0] @ a[1], "Add": lambda a: a[0] + a[1],
+           "Flatten": lambda a: a[0].reshape(1, -1)}
     for n in m.graph.node:
         v[n.output[0]] = ops[n.op_type]([v.get(i, c.get(i)) for i in n.input])
-    return v["y"].ravel()
+    return v[m.graph.output[0].name].ravel()
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -71,6 +80,39 @@ def test_float32_error_bound_holds_in_onnxruntime(tmp_path, seed):
         gap = np.abs(C @ (run_onnx(path, x32).astype(np.float64) - _exact(path, x32)))
         assert np.all(gap <= bound), (gap, bound)
         worst = max(worst, float((gap / bound).max()))
+    assert worst > 0  # onnxruntime did round: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3, "acasxu"])
+def test_per_box_float32_error_bound_holds_in_onnxruntime(tmp_path, case):
+    """The input split's per-sub-box bound (:class:`ChainError` over the split's own pre-ReLU bounds of
+    the merged chain) holds on random sub-boxes against onnxruntime vs exact float64 arithmetic."""
+    rng = np.random.default_rng(0 if case == "acasxu" else case)
+    if case == "acasxu":
+        if not ACASXU.exists():
+            pytest.skip("acasxu benchmark not available")
+        path = ACASXU / "ACASXU_run2a_1_1_batch_2000.onnx"
+        region = read_vnnlib(ACASXU / "prop_1.vnnlib").regions[0]
+        L, H = region.lower, region.upper
+    else:
+        widths = [int(rng.integers(2, 6))] + [int(rng.integers(10, 60)) for _ in range(3)] + [5]
+        path = _random_mlp(tmp_path / "m.onnx", rng, widths, normalise=case % 2 == 1)
+        L, H = np.zeros(widths[0]), np.ones(widths[0])
+    g = input_split._dense(dense_path(load_onnx(path)).to(torch.float64))
+    width = (H - L) * rng.uniform(1 / 64, 1 / 4, size=(16, len(L)))
+    lo = L + (H - L - width) * rng.uniform(size=width.shape)
+    hi = lo + width
+    C = np.vstack([np.eye(5), rng.normal(size=(3, 5))])
+    blo, bhi = torch.as_tensor(lo), torch.as_tensor(hi)
+    bound = ChainError(path)(blo, bhi, torch.as_tensor(C), input_split._intermediate(g, blo, bhi)).numpy()
+    assert np.all(bound > 0) and np.all(np.isfinite(bound))
+    worst = 0.0
+    for b in range(len(lo)):
+        for x in rng.uniform(lo[b], hi[b], size=(30, len(L))):
+            x32 = round_inside(x, lo[b], hi[b])
+            gap = np.abs(C @ (run_onnx(path, x32).astype(np.float64) - _exact(path, x32)))
+            assert np.all(gap <= bound[b]), (b, gap, bound[b])
+            worst = max(worst, float((gap / bound[b]).max()))
     assert worst > 0  # onnxruntime did round: the comparison is not vacuous
 
 
@@ -167,7 +209,6 @@ class _Residual(torch.nn.Module):
 @pytest.mark.parametrize("seed", range(3))
 def test_dag_float32_error_bound_holds_in_onnxruntime(tmp_path, seed):
     from vsbench.bounds.float_error import dag_row_error
-    from vsbench.bounds.onnx_ops import load_onnx
 
     torch.manual_seed(seed)
     net = _Residual().eval()

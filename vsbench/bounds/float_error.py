@@ -46,7 +46,7 @@ U = 2.0**-24  # float32 unit roundoff
 TINY = 2.0**-126  # absolute error of an underflowing or flushed operation
 EXTRA = 4  # roundings onnxruntime's constant folding may add to a Gemm / Conv's weights and bias
 BN_ROUNDINGS = 8  # roundings in BatchNormalization: var + eps, sqrt, scale / ., x - mean, * a, + bias
-CHUNK = 1024  # identity rows propagated backwards at once
+CHUNK = 1024  # row vectors propagated backwards at once (more when there are more boxes: one row each)
 
 
 def gamma(k: int) -> float:
@@ -57,41 +57,55 @@ def gamma(k: int) -> float:
 
 @dataclass
 class _Step:
-    """One op as the backward pass sees it: a linear map (``back``/``back_abs`` map a batch of rows at
-    its output to rows at its input), the rounding it adds at its output, and for a ReLU the range
-    ``[d_lo, d_hi]`` of its error gain."""
+    """One op as the backward pass sees it: a linear map (``back``/``back_abs`` map rows ``(N, n_out)``
+    at its output to rows ``(N, n_in)`` at its input, flat, the same for every box), the rounding it
+    adds at its output, and for a ReLU the range ``[d_lo, d_hi]`` of its error gain (``(B, n)`` each)."""
 
-    back: Callable
-    back_abs: Callable
-    rounding: np.ndarray | None = None  # at the output, flat
-    d_lo: np.ndarray | None = None
-    d_hi: np.ndarray | None = None
+    back: Callable | None = None
+    back_abs: Callable | None = None
+    rounding: torch.Tensor | None = None  # (B, n) at the output, flat
+    d_lo: torch.Tensor | None = None
+    d_hi: torch.Tensor | None = None
 
 
-def _backward(steps: list[_Step], rows: np.ndarray) -> np.ndarray:
-    """``sum_k |c J_k| r_k`` for each row ``c`` (flat, at the output of ``steps[-1]``)."""
-    lo, hi = rows.copy(), rows.copy()
-    total = np.zeros(len(rows))
+def _backward(steps: list[_Step], rows: torch.Tensor) -> torch.Tensor:
+    """``(B, R)``: ``sum_k |c J_k| r_k`` for each box ``b`` and each row ``c`` of ``rows[b]`` (``(B, R, n)``,
+    flat, at the output of ``steps[-1]``)."""
+    B, R = rows.shape[:2]
+    mid, rad = rows, rows.new_zeros(())
+    total = rows.new_zeros(B, R)
     for s in reversed(steps):
         if s.rounding is not None:
-            total += np.maximum(np.abs(lo), np.abs(hi)) @ s.rounding
-        if s.d_lo is not None:
-            ends = [lo * s.d_lo, lo * s.d_hi, hi * s.d_lo, hi * s.d_hi]
-            lo, hi = np.minimum.reduce(ends), np.maximum.reduce(ends)
-        else:
-            mid, rad = s.back((lo + hi) / 2), s.back_abs((hi - lo) / 2)
+            total += torch.einsum("brn,bn->br", mid.abs() + rad, s.rounding)
+        if s.d_lo is not None:  # gains in {0, 1}: [lo, hi] * [d_lo, d_hi]
             lo, hi = mid - rad, mid + rad
+            sure, live = s.d_lo[:, None], s.d_hi[:, None]
+            lo = torch.where(live, torch.where(sure, lo, lo.clamp(max=0)), 0.0)
+            hi = torch.where(live, torch.where(sure, hi, hi.clamp(min=0)), 0.0)
+            mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        else:
+            rad = s.back_abs(rad.expand_as(mid).reshape(B * R, -1)).reshape(B, R, -1)
+            mid = s.back(mid.reshape(B * R, -1)).reshape(B, R, -1)
     return total
+
+
+def _error(steps: list[_Step], rows: torch.Tensor | Callable, R: int, B: int) -> torch.Tensor:
+    """:func:`_backward` in chunks of the ``R`` rows per box (at most ``CHUNK`` row vectors over all ``B``
+    boxes at once, or one row per box); ``rows``: ``(B, R, n)`` or a function ``(i, j) -> rows[:, i:j]``."""
+    step = max(1, CHUNK // B)
+    part = rows if callable(rows) else lambda i, j: rows[:, i:j]
+    return torch.cat([_backward(steps, part(i, i + step)) for i in range(0, R, step)], 1)
 
 
 def _torch_back(fn, in_shape):
     """Rows at the output of the linear map ``fn`` (on batches of ``in_shape``) -> rows at its input."""
 
-    def back(rows: np.ndarray) -> np.ndarray:
+    def back(rows: torch.Tensor) -> torch.Tensor:
         x = torch.zeros((len(rows), *in_shape[1:]), dtype=torch.float64, requires_grad=True)
-        y = fn(x)
-        (g,) = torch.autograd.grad(y, x, torch.as_tensor(rows).reshape(y.shape))
-        return g.reshape(len(rows), -1).numpy()
+        with torch.enable_grad():
+            y = fn(x)
+            (g,) = torch.autograd.grad(y, x, rows.reshape(y.shape))
+        return g.reshape(len(rows), -1)
 
     return back
 
@@ -102,30 +116,54 @@ def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-class _Analysis:
-    """Walks the ONNX chain once: interval bounds, per-op roundings and ReLU gains."""
+@dataclass
+class _Affine:
+    """A Gemm / MatMul / Conv: ``fn`` without the bias, its ``|W|`` twin, backward maps, the bias,
+    the number of terms of each output's dot product and the underflow term ``TINY (|W| 1 + n + 1)``."""
 
-    def __init__(self, onnx_path: str | Path, lower: np.ndarray, upper: np.ndarray, relu_bounds=None):
+    fn: Callable
+    fn_abs: Callable
+    back: Callable
+    back_abs: Callable
+    bias: torch.Tensor
+    terms: int
+    tiny: torch.Tensor
+
+
+@dataclass
+class _Scale:
+    """An elementwise affine op ``a x + shift`` (Add / Sub / Mul / Div by a constant, BatchNormalization)
+    with rounding ``k (|a| (|x^| + extra) + const) + TINY``."""
+
+    a: torch.Tensor
+    shift: torch.Tensor
+    k: float
+    extra: torch.Tensor | float
+    const: torch.Tensor
+
+
+class ChainError:
+    """The float32 error model of a sequential ONNX chain, read once and evaluated over batches of
+    boxes (see the module docstring). It follows the ONNX ops as onnxruntime runs them (a MatMul and
+    the Add after it round separately), whatever merging the bound engines do."""
+
+    def __init__(self, onnx_path: str | Path):
         import onnx
         from onnx import numpy_helper
 
         from vsbench.bounds.graph import UnsupportedModel
         from vsbench.onnx_io import check_finite
 
-        lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
-        if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
-            raise ValueError("the input box has non-finite bounds")
         check_finite(onnx_path)
         g = onnx.load(str(onnx_path)).graph
         consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
         inp = next(i for i in g.input if i.name not in consts)
         dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim] or [1]
-        if math.prod(dims) != lower.size:
-            raise ValueError(f"the box has {lower.size} inputs, the model {math.prod(dims)}")
-        self.steps: list[_Step] = []
-        relus: list[str] = []
-        current = inp.name
-        lo, hi, err = lower.reshape(dims), upper.reshape(dims), np.zeros(dims)
+        self.in_shape, self.n_in = tuple(dims), math.prod(dims)
+        if dims[0] != 1:
+            raise UnsupportedModel("the float32 error bound needs a batch dimension of 1")
+        self.ops: list = []  # per-sample target shape (reshape), "relu", _Affine or _Scale
+        shape, current = self.in_shape, inp.name
         for node in g.node:
             op, at = node.op_type, _attrs(node)
             if op == "Constant":
@@ -134,64 +172,47 @@ class _Analysis:
             cvals = [consts[i] for i in node.input if i in consts]
             if [i for i in node.input if i and i not in consts] != [current]:
                 raise UnsupportedModel(f"{op} node '{node.name}' is not part of a sequential chain")
-            mag = np.maximum(np.abs(lo), np.abs(hi)) + err  # of the float32 input
             if op in ("Flatten", "Reshape"):
-                shape = [1, -1] if op == "Flatten" else [int(s) for s in cvals[0]]
-                shape = [lo.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-                lo, hi, err = lo.reshape(shape), hi.reshape(shape), err.reshape(shape)
+                if op == "Flatten" and at.get("axis", 1) != 1:
+                    raise UnsupportedModel("Flatten with an axis other than 1 is unsupported")
+                spec = [1, -1] if op == "Flatten" else [int(s) for s in cvals[0]]
+                spec = [shape[i] if s == 0 else s for i, s in enumerate(spec)]
+                new = np.empty(shape).reshape(spec).shape
+                if new[0] != 1:
+                    raise UnsupportedModel(f"{op} node '{node.name}' changes the batch dimension")
+                self.ops.append(new)
+                shape = new
             elif op == "Relu":
-                if relu_bounds is not None:  # tighter bounds of the exact pre-activation
-                    l, u = (np.asarray(b, dtype=np.float64).reshape(lo.shape) for b in relu_bounds[len(relus)])
-                    lo, hi = np.maximum(lo, l), np.minimum(hi, u)
-                relus.append(node.name)
-                err = np.minimum(err, self._error(np.eye(err.size)).reshape(err.shape))
-                d_lo = ((lo - err) > 0).astype(np.float64).ravel()
-                d_hi = ((hi + err) > 0).astype(np.float64).ravel()
-                self.steps.append(_Step(None, None, d_lo=d_lo, d_hi=d_hi))
-                lo, hi, err = np.maximum(lo, 0), np.maximum(hi, 0), np.where(hi + err > 0, err, 0.0)
+                self.ops.append("relu")
             elif op in ("Gemm", "MatMul", "Conv"):
-                fn, fn_abs, bias, n = self._affine(op, at, cvals, lo.shape)
-                x = torch.as_tensor
-                mid = fn(x((lo + hi) / 2)).numpy() + bias
-                rad = fn_abs(x((hi - lo) / 2)).numpy()
-                r = gamma(n + 1 + EXTRA) * (fn_abs(x(mag)).numpy() + np.abs(bias))
-                r += TINY * (fn_abs(x(np.ones_like(lo))).numpy() + n + 1)
-                self.steps.append(_Step(_torch_back(fn, lo.shape), _torch_back(fn_abs, lo.shape), r.ravel()))
-                lo, hi, err = mid - rad, mid + rad, fn_abs(x(err)).numpy() + r
+                if node.input[0] != current:
+                    raise UnsupportedModel(f"{op} node '{node.name}' takes the activation as its second operand")
+                aff = self._affine(op, at, cvals, shape)
+                self.ops.append(aff)
+                shape = tuple(aff.fn(torch.zeros(shape, dtype=torch.float64)).shape)
             elif op in ("Add", "Sub", "Mul", "Div"):
-                c = cvals[0]
-                if op == "Div" and node.input[0] != current:
+                c, first = cvals[0], node.input[0] == current
+                if op == "Div" and not first:
                     raise UnsupportedModel("Div of a constant by the activation is not affine")
-                scale = {"Add": 1.0, "Sub": 1.0 if node.input[0] == current else -1.0, "Mul": c, "Div": 1 / c}[op]
-                shift = {"Add": c, "Sub": -c if node.input[0] == current else c}.get(op, 0.0)
-                a, b = np.broadcast_to(scale, lo.shape), np.broadcast_to(shift, lo.shape)
-                lo, hi = np.minimum(a * lo, a * hi) + b, np.maximum(a * lo, a * hi) + b
-                r = U * (np.abs(a) * mag + np.abs(b)) + TINY
-                self._scale(a, r)
-                err = np.abs(a) * err + r
+                scale = c if op == "Mul" else 1 / c if op == "Div" else -1.0 if op == "Sub" and not first else 1.0
+                shift = c if op == "Add" or (op == "Sub" and not first) else -c if op == "Sub" else 0.0
+                a, b = (torch.as_tensor(np.broadcast_to(v, shape).copy()) for v in (scale, shift))
+                self.ops.append(_Scale(a, b, U, 0.0, b.abs()))
             elif op == "BatchNormalization":
-                scale, bias, mean, var = (c.reshape((-1,) + (1,) * (lo.ndim - 2)) for c in cvals[:4])
-                a = np.broadcast_to(scale / np.sqrt(var + at.get("epsilon", 1e-5)), lo.shape)
-                ends = (a * (lo - mean) + bias, a * (hi - mean) + bias)
-                lo, hi = np.minimum(*ends), np.maximum(*ends)
-                r = gamma(BN_ROUNDINGS) * (np.abs(a) * (mag + np.abs(mean)) + np.abs(bias)) + TINY
-                self._scale(a, r)
-                err = np.abs(a) * err + r
+                scale, bias, mean, var = (c.reshape((-1,) + (1,) * (len(shape) - 2)) for c in cvals[:4])
+                a = scale / np.sqrt(var + at.get("epsilon", 1e-5))
+                a, shift, extra, const = (torch.as_tensor(np.broadcast_to(v, shape).copy())
+                                          for v in (a, bias - a * mean, np.abs(mean), np.abs(bias)))
+                self.ops.append(_Scale(a, shift, gamma(BN_ROUNDINGS), extra, const))
             else:
                 raise UnsupportedModel(f"no float32 error bound for ONNX operator {op}")
             current = node.output[0]
         if current != g.output[0].name:
             raise UnsupportedModel("the graph output is not the end of the sequential chain")
-        self.n_out = lo.size
-
-    def _scale(self, a: np.ndarray, r: np.ndarray) -> None:
-        a = a.ravel()
-        abs_a = np.abs(a)
-        self.steps.append(_Step(lambda rows: rows * a, lambda rows: rows * abs_a, r.ravel()))
+        self.n_out = math.prod(shape)
 
     @staticmethod
-    def _affine(op: str, at: dict, cvals: list, in_shape):
-        """``(fn, fn_abs, bias, n_terms)`` of a Gemm / MatMul / Conv (``fn`` without the bias)."""
+    def _affine(op: str, at: dict, cvals: list, in_shape) -> _Affine:
         from vsbench.bounds.graph import UnsupportedModel
 
         W = torch.as_tensor(cvals[0])
@@ -201,32 +222,104 @@ class _Analysis:
                 raise UnsupportedModel("Conv with asymmetric padding or a non-NCHW input is unsupported")
             kw = {"stride": tuple(at.get("strides", [1, 1])), "padding": (pads[0], pads[1]),
                   "dilation": tuple(at.get("dilations", [1, 1])), "groups": at.get("group", 1)}
-            b = cvals[1] if len(cvals) > 1 else np.zeros(W.shape[0])
-            return (lambda x: F.conv2d(x, W, None, **kw), lambda x: F.conv2d(x, W.abs(), None, **kw),
-                    b.reshape(-1, 1, 1), math.prod(W.shape[1:]))
-        if op == "Gemm":
-            if at.get("transA", 0):
-                raise UnsupportedModel("Gemm with transA is unsupported")
-            W = (W.T if at.get("transB", 0) else W) * at.get("alpha", 1.0)
-            b = cvals[1] * at.get("beta", 1.0) if len(cvals) > 1 else 0.0
+            b = torch.as_tensor(cvals[1] if len(cvals) > 1 else np.zeros(W.shape[0])).reshape(-1, 1, 1)
+            fn, fn_abs = (lambda x: F.conv2d(x, W, None, **kw)), (lambda x: F.conv2d(x, W.abs(), None, **kw))
+            back, back_abs, n = _torch_back(fn, in_shape), _torch_back(fn_abs, in_shape), math.prod(W.shape[1:])
         else:
-            b = 0.0
-        return lambda x: x @ W, lambda x: x @ W.abs(), np.broadcast_to(b, (W.shape[1],)), W.shape[0]
+            if op == "Gemm":
+                if at.get("transA", 0) or len(in_shape) != 2:
+                    raise UnsupportedModel("Gemm with transA or a non-2D input is unsupported")
+                W = (W.T if at.get("transB", 0) else W) * at.get("alpha", 1.0)
+                b = torch.as_tensor(cvals[1] * at.get("beta", 1.0) if len(cvals) > 1 else 0.0)
+            else:
+                b = torch.zeros(())
+            if W.ndim != 2:
+                raise UnsupportedModel(f"{op} with a {W.ndim}-D weight is unsupported")
+            fn, fn_abs = (lambda x: x @ W), (lambda x: x @ W.abs())
+            back, back_abs, n = _torch_back(fn, in_shape), _torch_back(fn_abs, in_shape), W.shape[0]
+        ones = torch.ones(in_shape, dtype=torch.float64)
+        b = b + torch.zeros_like(fn(ones))[0]  # broadcast to one sample's output
+        return _Affine(fn, fn_abs, back, back_abs, b, n, TINY * (fn_abs(ones)[0] + n + 1))
 
-    def _error(self, rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([_backward(self.steps, rows[i:i + CHUNK]) for i in range(0, len(rows), CHUNK)])
+    def __call__(self, lower: torch.Tensor, upper: torch.Tensor, rows: torch.Tensor, relu_bounds=None) -> torch.Tensor:
+        """``(B, R)``: for each box ``[lower[b], upper[b]]`` (``(B, n_in)``) and row ``c`` of ``rows``
+        ``(R, n_out)``, a bound on ``|c @ (y^ - y)|`` over every float32 input in the box (``y^`` the
+        output as onnxruntime computes it in float32, ``y`` the exact one). ``relu_bounds``: optional
+        sound ``(l, u)`` (``(B, n_k)`` each) of the exact input of each ReLU over each box, in order
+        (e.g. CROWN's), tightening the interval bounds this walk computes."""
+        B = len(lower)
+        lo = lower.to(torch.float64).reshape(B, *self.in_shape[1:])
+        hi = upper.to(torch.float64).reshape(B, *self.in_shape[1:])
+        err = torch.zeros_like(lo)
+        steps: list[_Step] = []
+        k = 0
+        for op in self.ops:
+            mag = torch.maximum(lo.abs(), hi.abs()) + err  # of the float32 input
+            if isinstance(op, tuple):
+                lo, hi, err = (t.reshape(B, *op[1:]) for t in (lo, hi, err))
+            elif op == "relu":
+                if relu_bounds is not None:  # tighter bounds of the exact pre-activation
+                    l, u = (b.to(torch.float64).reshape(lo.shape) for b in relu_bounds[k])
+                    lo, hi = torch.maximum(lo, l), torch.minimum(hi, u)
+                k += 1
+                err = self._refine(steps, lo, hi, err)
+                steps.append(_Step(d_lo=((lo - err) > 0).flatten(1), d_hi=((hi + err) > 0).flatten(1)))
+                lo, hi, err = lo.clamp(min=0), hi.clamp(min=0), torch.where(hi + err > 0, err, 0.0)
+            elif isinstance(op, _Affine):
+                mid = op.fn((lo + hi) / 2) + op.bias
+                rad = op.fn_abs((hi - lo) / 2)
+                r = gamma(op.terms + 1 + EXTRA) * (op.fn_abs(mag) + op.bias.abs()) + op.tiny
+                steps.append(_Step(op.back, op.back_abs, r.flatten(1)))
+                lo, hi, err = mid - rad, mid + rad, op.fn_abs(err) + r
+            else:
+                a = op.a
+                ends = (a * lo + op.shift, a * hi + op.shift)
+                lo, hi = torch.minimum(*ends), torch.maximum(*ends)
+                r = op.k * (a.abs() * (mag + op.extra) + op.const) + TINY
+                a_flat = a.flatten()
+                steps.append(_Step(lambda v, a=a_flat: v * a, lambda v, a=a_flat: v * a.abs(), r.flatten(1)))
+                err = a.abs() * err + r
+        rows = rows.to(torch.float64).reshape(-1, self.n_out).expand(B, -1, -1)
+        return _error(steps, rows, rows.shape[1], B)
+
+    @staticmethod
+    def _refine(steps: list[_Step], lo, hi, err):
+        """``err`` at a ReLU's input, tightened by the backward bound (the identity as rows) for the
+        neurons whose error gain the forward bound leaves unsure (those it changes)."""
+        l, u, e = lo.flatten(1), hi.flatten(1), err.flatten(1)
+        unsure = ((l > 0) & (l - e <= 0)) | ((u <= 0) & (u + e > 0))
+        m = int(unsure.sum(1).max())
+        if not m:
+            return err
+        idx = unsure.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :m]  # each box's own
+
+        def rows(i, j):  # one-hot rows of the neurons idx[:, i:j]
+            return torch.zeros(len(e), idx[:, i:j].shape[1], e.shape[1], dtype=torch.float64).scatter_(
+                2, idx[:, i:j, None], 1.0)
+
+        old = e.gather(1, idx)
+        new = torch.where(unsure.gather(1, idx), torch.minimum(old, _error(steps, rows, m, len(e))), old)
+        return e.scatter(1, idx, new).reshape(err.shape)
 
 
 def row_error(onnx_path: str | Path, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray,
               relu_bounds=None) -> np.ndarray:
     """For each row ``c`` of ``rows`` ``(k, n_out)``, a bound on ``|c @ (y^ - y)|`` over every float32
-    input in the box ``[lower, upper]`` (flat): ``y^`` the model's output as onnxruntime computes it
-    in float32, ``y`` the exact one. ``relu_bounds``: optional sound ``(l, u)`` of the exact input of
-    each ReLU, in order (e.g. CROWN's), tightening the interval bounds this walk computes. Raises ``ValueError`` for non-finite weights or bounds and
-    :class:`~vsbench.bounds.graph.UnsupportedModel` for an op it cannot bound."""
-    analysis = _Analysis(onnx_path, lower, upper, relu_bounds)
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, analysis.n_out)
-    return analysis._error(rows)
+    input in the box ``[lower, upper]`` (flat): :class:`ChainError` over one box. ``relu_bounds``:
+    optional sound ``(l, u)`` of the exact input of each ReLU, in order. Raises ``ValueError`` for
+    non-finite weights or bounds and :class:`~vsbench.bounds.graph.UnsupportedModel` for an op it
+    cannot bound."""
+    lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
+        raise ValueError("the input box has non-finite bounds")
+    model = ChainError(onnx_path)
+    if lower.size != model.n_in:
+        raise ValueError(f"the box has {lower.size} inputs, the model {model.n_in}")
+    rb = None if relu_bounds is None else [(torch.as_tensor(np.asarray(l))[None], torch.as_tensor(np.asarray(u))[None])
+                                           for l, u in relu_bounds]
+    rows = torch.as_tensor(np.asarray(rows, dtype=np.float64))
+    err = model(torch.as_tensor(lower)[None], torch.as_tensor(upper)[None], rows, rb)[0]
+    return err.numpy()
 
 
 def dag_row_error(dag, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray, node_bounds=None) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -33,12 +35,16 @@ def pgd_attack(
     deadline: Deadline | None = None,
     seed: int = 0,
     starts: np.ndarray | None = None,
+    confirm: Callable[[np.ndarray], np.ndarray | None] | None = None,
 ) -> np.ndarray | None:
-    """A point of the box where some clause holds strictly in float64, or None.
+    """A point of the box where some clause holds strictly in float64, or None. With ``confirm`` (a
+    point -> the confirmed counterexample or None), the first point it confirms (tried at each new
+    best violation) ends the search and is returned; None when none was confirmed.
 
     Restarts are spread over the clauses (restart ``i`` minimises the margin of clause
     ``i % n_clauses``); ``starts`` (``(m, n_in)``) are extra starting points, e.g. MILP candidates.
     Sign-gradient steps with a geometrically decaying step size; points are clipped to the box.
+    The search stops at ``deadline``.
     """
     g = graph.to(torch.float64)
     lo = torch.as_tensor(region.lower, dtype=torch.float64).reshape(1, -1)
@@ -64,10 +70,12 @@ def pgd_attack(
             i = int(mins.argmin())
             if mins[i] < best_m:
                 best, best_m = x[i].detach().numpy().copy(), mins[i].item()
+                if confirm is not None and (cex := confirm(best)) is not None:
+                    return cex
         if deadline is not None and deadline.expired():
             break
         (grad,) = torch.autograd.grad(m.gather(1, target[:, None]).sum(), x)
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - size * grad.sign(), lo), hi)
             size = size * decay
-    return best
+    return best if confirm is None else None

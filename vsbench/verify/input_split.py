@@ -20,6 +20,7 @@ from vsbench.spec.api import Deadline, Region
 
 from ..bounds.alpha import alpha_spec
 from ..bounds.crown import backward
+from ..bounds.float_error import ChainError
 from ..bounds.graph import Graph, ReLU, UnsupportedModel
 from .attack import clause_margins, pgd_attack
 from .config import VerifierConfig
@@ -64,10 +65,13 @@ class _Rows:
         return torch.stack(vals, 1), torch.stack(rows, 1)
 
 
-def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg: VerifierConfig):
+def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg: VerifierConfig,
+               error: ChainError | None = None):
     """Input-split BaB over ``region``: ``("sat", x)`` with a point ``check`` confirmed,
     ``("unsat", margin)`` when every sub-box is proven (``margin`` the lowest clause bound that
-    proved one), else ``("timeout" | "unknown", lowest open bound)``."""
+    proved one), else ``("timeout" | "unknown", lowest open bound)``. ``error``: the float32 error
+    model of the ONNX file; a sub-box then counts as proven only where a row's margin exceeds that
+    row's float32 error bound over the sub-box (computed for the sub-boxes about to be proven)."""
     g = _dense(graph.to(torch.float64))
     rows = _Rows(region)
     n_cl = len(rows.spans)
@@ -87,8 +91,12 @@ def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg
         order = box_lb.argsort()
         pick, rest = order[: cfg.input_split_batch], order[cfg.input_split_batch:]
         blo, bhi, bproven = lo[pick], hi[pick], proven[pick]
-        row_lb, A = _bound(g, blo, bhi, rows, cfg, deadline)
+        row_lb, A, inter = _bound(g, blo, bhi, rows, cfg, deadline)
         clause_lb, best_row = rows.clause_bounds(row_lb)
+        if error is not None and (cand := ((clause_lb > TAU) & ~bproven).any(1)).any():
+            row_lb = row_lb.clone()
+            row_lb[cand] -= error(blo[cand], bhi[cand], rows.C, [(l[cand], u[cand]) for l, u in inter])
+            clause_lb, best_row = rows.clause_bounds(row_lb)
         newly = (clause_lb > TAU) & ~bproven
         if newly.any():
             margin = min(margin, float(clause_lb[newly].min()))
@@ -154,8 +162,9 @@ def _intermediate(g: Graph, lo: torch.Tensor, hi: torch.Tensor) -> list:
 
 
 def _bound(g: Graph, lo, hi, rows: _Rows, cfg: VerifierConfig, deadline: Deadline):
-    """Row margins ``(B, n_rows)`` (lower bounds of ``C y - rhs``) and the rows' input coefficients
-    ``(B, n_rows, n_in)``: CROWN with CROWN intermediate bounds, then alpha-CROWN if configured."""
+    """Row margins ``(B, n_rows)`` (lower bounds of ``C y - rhs``), the rows' input coefficients
+    ``(B, n_rows, n_in)`` and the pre-ReLU bounds: CROWN with CROWN intermediate bounds, then
+    alpha-CROWN if configured."""
     inter = _intermediate(g, lo, hi)
     C = rows.C.expand(len(lo), -1, -1)
     lb, lams = backward(g, lo, hi, C, inter, keep=True)
@@ -165,7 +174,7 @@ def _bound(g: Graph, lo, hi, rows: _Rows, cfg: VerifierConfig, deadline: Deadlin
         with torch.no_grad():
             lb_s, lams = backward(g, lo, hi, C, inter, slopes, keep=True)
         lb = torch.maximum(lb, torch.maximum(lb_a, lb_s))
-    return lb - rows.rhs, lams[-1]
+    return lb - rows.rhs, lams[-1], inter
 
 
 def _falsify(g: Graph, region: Region, lo, hi, a, step: int, cfg: VerifierConfig, check):
@@ -182,7 +191,6 @@ def _falsify(g: Graph, region: Region, lo, hi, a, step: int, cfg: VerifierConfig
             return x
     if step % cfg.input_split_pgd_every == 0:
         starts = centres[: 16].numpy()
-        y = pgd_attack(g, region, restarts=0, steps=cfg.bab_pgd_steps, seed=step, starts=starts)
-        if y is not None:
-            return check(region, y)
+        return pgd_attack(g, region, restarts=0, steps=cfg.bab_pgd_steps, seed=step, starts=starts,
+                          confirm=lambda y: check(region, y))
     return None
