@@ -360,8 +360,8 @@ from pathlib import Path
 from vsbench.spec.api import Instance
 from vsbench.verify.runner import run_verification
 
-folder = Path(sys.argv[1])
-insts = [Instance(folder / "relu.onnx", folder / f"{n}.vnnlib", 10 if n == "hang" else 30)
+folder, hang_s = Path(sys.argv[1]), float(sys.argv[2])
+insts = [Instance(folder / "relu.onnx", folder / f"{n}.vnnlib", hang_s if n == "hang" else 30)
          for n in ("sat", "unsat", "hang", "unsat2")]
 run_verification(insts, "abcrown", folder / "run", workers=1)
 """
@@ -387,11 +387,12 @@ def test_abcrown_ctrl_c_then_resumed(monkeypatch, tmp_path, relu_onnx):
         write_vnnlib(tmp_path / f"{name}.vnnlib", Property([y1_le_y0([0, 0.5 + 0.1 * k], [0.4, 1])]))
     (tmp_path / "driver.py").write_text(CTRL_C_DRIVER)
     args = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path)]
-    proc = subprocess.Popen(args)
+    proc = subprocess.Popen([*args, "600"])  # the hang cannot end by itself before the Ctrl-C, however loaded the machine
     records = tmp_path / "run" / "records.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (len(read_records(records)) == 2 and "hang" in calls.read_text()):
         time.sleep(0.05)
+    assert "hang" in calls.read_text(), "the tool never reached the third instance"
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     first = read_records(records)
@@ -401,7 +402,7 @@ def test_abcrown_ctrl_c_then_resumed(monkeypatch, tmp_path, relu_onnx):
     while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(pid)  # no tool outlives its run
-    subprocess.run(args, check=True, timeout=300)
+    subprocess.run([*args, "10"], check=True, timeout=300)
     final = read_records(records)
     assert final[:2] == first and [(Path(r["vnnlib"]).name, r["status"]) for r in final[2:]] == [
         ("hang.vnnlib", "timeout"), ("unsat2.vnnlib", "unsat")]
