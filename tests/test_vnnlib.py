@@ -48,6 +48,19 @@ def test_write_read_round_trip(tmp_path):
     assert a.lower.min() >= 0 and np.all(a.upper - a.lower <= 2 * 3.3e-5 + 1e-15)
 
 
+def test_a_file_read_again_is_a_fresh_copy_and_a_rewritten_file_is_parsed_again(tmp_path):
+    path = tmp_path / "p.vnnlib"
+    write_vnnlib(path, robustness_property(np.full(20, 0.5), 3, 0.1, 5))
+    first = read_vnnlib(path, 20, 5)
+    first.regions[0].lower[:] = -7.0  # the caller's copy: the next read must not see it
+    again = read_vnnlib(path, 20, 5)
+    assert np.allclose(again.regions[0].lower, 0.4)
+    with pytest.raises(VnnlibError, match="declares 20 X variables, the model has 21"):
+        read_vnnlib(path, 21, 5)  # the size check holds for a cached file too
+    write_vnnlib(path, robustness_property(np.full(20, 0.5), 3, 0.25, 5))  # same size, new contents
+    assert np.allclose(read_vnnlib(path, 20, 5).regions[0].lower, 0.25)
+
+
 def test_general_property_round_trip(tmp_path):
     prop = Property([
         Region(np.zeros(2), np.ones(2), [(np.array([[1.0, -2.0, 0.0], [0.0, 1.0, 0.0]]), np.array([0.5, 2.0]))]),

@@ -8,6 +8,7 @@ input regions), ``<=``, ``>=`` (``<`` / ``>`` read as their closures) and linear
 
 from __future__ import annotations
 
+import copy
 import re
 from itertools import product
 from pathlib import Path
@@ -166,12 +167,43 @@ def read_text(path: str | Path) -> str:
         raise VnnlibError(f"{path}: cannot read VNN-LIB file ({exc.__class__.__name__}: {exc})") from None
 
 
+CACHE_BYTES = 256 * 2**20  # parsed files kept per process (a suite reads the same files for every model)
+_cache: dict[tuple, Property] = {}
+_cached_bytes = 0
+
+
+def _nbytes(prop: Property) -> int:
+    return sum(r.lower.nbytes + r.upper.nbytes + sum(C.nbytes + b.nbytes for C, b in r.clauses) for r in prop.regions)
+
+
 def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = None) -> Property:
     """Parse a VNN-LIB 1.0 file into a ``Property`` (boxes with output clauses; see ``Region``).
 
     ``n_in`` / ``n_out`` check the declared variable counts when given. Raises ``VnnlibError``.
+    A file read before with the same path, size and modification time is not parsed again (up to
+    ``CACHE_BYTES`` of them; the first ones read stay, which suits the same scan repeated per
+    model); the caller always gets its own copy.
     """
     path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None  # read_text names the problem
+    global _cached_bytes
+    prop = _cache.get(key) if key else None
+    if prop is None:
+        prop = _parse(path)
+        if key and _cached_bytes + _nbytes(prop) <= CACHE_BYTES:
+            _cache[key] = prop
+            _cached_bytes += _nbytes(prop)
+    for kind, have, want in (("X", prop.regions[0].lower.size, n_in), ("Y", prop.regions[0].clauses[0][0].shape[1], n_out)):
+        if want is not None and have != want:
+            raise VnnlibError(f"{path}: declares {have} {kind} variables, the model has {want}")
+    return copy.deepcopy(prop)
+
+
+def _parse(path: Path) -> Property:
     text = read_text(path)
     r = _Reader(path)
     asserts = []
@@ -185,12 +217,10 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
         else:
             asserts.append(node[1])
     sizes = {}
-    for kind, want in (("X", n_in), ("Y", n_out)):
+    for kind in ("X", "Y"):
         idx = sorted(int(v[2:]) for v in r.decl if v[0] == kind)
         if idx != list(range(len(idx))) or not idx:
             raise VnnlibError(f"{path}: {kind} variables must be declared as {kind}_0 .. {kind}_n-1 (found {len(idx)})")
-        if want is not None and len(idx) != want:
-            raise VnnlibError(f"{path}: declares {len(idx)} {kind} variables, the model has {want}")
         sizes[kind] = len(idx)
     if not asserts:
         raise VnnlibError(f"{path}: no assert")
@@ -203,6 +233,7 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
     regions: dict[bytes, Region] = {}
     for term in terms:
         lo, hi = np.full(sizes["X"], -np.inf), np.full(sizes["X"], np.inf)
+        x_index, x_bound, x_upper = [], [], []  # input bounds, applied together below
         rows, rhs = [], []
         for line, coef, const in term:
             if not coef:
@@ -213,11 +244,9 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
                 if len(coef) != 1:
                     r.fail(line, "only bounds on single input variables are supported (box regions)")
                 (v, a), = coef.items()
-                i, bound = int(v[2:]), -const / a
-                if a > 0:
-                    hi[i] = min(hi[i], bound)
-                else:
-                    lo[i] = max(lo[i], bound)
+                x_index.append(int(v[2:]))
+                x_bound.append(-const / a)
+                x_upper.append(a > 0)
             else:
                 row = np.zeros(sizes["Y"])
                 for v, a in coef.items():
@@ -225,6 +254,9 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
                 rows.append(row)
                 rhs.append(0.0 - const)
         else:
+            index, bound, upper = np.array(x_index, dtype=np.int64), np.array(x_bound), np.array(x_upper, dtype=bool)
+            np.minimum.at(hi, index[upper], bound[upper])
+            np.maximum.at(lo, index[~upper], bound[~upper])
             for bounds, side in ((lo, "lower"), (hi, "upper")):
                 if not np.all(np.isfinite(bounds)):
                     v = f"X_{int(np.flatnonzero(~np.isfinite(bounds))[0])}"
