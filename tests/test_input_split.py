@@ -115,3 +115,90 @@ def test_acasxu_reference_verdicts(net, prop):
     v = BuiltinVerifier().verify(Instance(ACASXU / onnx, ACASXU / vnnlib, 116), 116)
     assert v.status == ref[(onnx, vnnlib)], v.log
     assert v.stage in ("attack", "input-split")
+
+
+class _AfterChecks(Deadline):
+    """A deadline that passes at its ``n``-th check (so where the verifier checks it is what is tested)."""
+
+    def __init__(self, n: int):
+        super().__init__(1e9)
+        self.n = n
+
+    def expired(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.mark.skipif(not ACASXU.exists(), reason="acasxu benchmark not available")
+def test_input_split_stops_inside_a_step_at_the_deadline():
+    """On an ACAS Xu instance that needs many steps, a deadline passing during the first step ends the
+    split with ``timeout`` in that step (the deadline is checked between a step's stages and layers,
+    not only once per step); with more checks allowed it gets further."""
+    from vsbench.bounds.float_error import ChainError
+    from vsbench.bounds.onnx_ops import load_onnx
+    from vsbench.spec.vnnlib import read_vnnlib
+    from vsbench.verify import input_split
+    from vsbench.verify.builtin import Trace, _Checker, dense_path
+
+    torch.set_num_threads(1)
+    onnx = ACASXU / "ACASXU_run2a_1_1_batch_2000.onnx"
+    graph = dense_path(load_onnx(onnx))
+    prop = read_vnnlib(ACASXU / "prop_5.vnnlib")
+    check = _Checker(graph.to(torch.float64), prop, onnx)
+    steps = []
+    for n in (8, 60):
+        log = Trace()
+        st, _ = input_split.verify_box(graph, prop.regions[0], _AfterChecks(n), check, log, VerifierConfig(),
+                                       ChainError(onnx))
+        assert st == "timeout", log
+        steps.append(int(log[-1].split("after ")[1].split(" steps")[0]))
+    assert steps[0] == 1 and steps[1] > 1, steps
+
+
+def test_clipping_keeps_every_point_that_can_violate():
+    """Domain clipping (which can prove a clause by clipping its box to nothing) keeps every sampled
+    point where all rows of an open clause have their linear bound at most the threshold."""
+    from vsbench.verify.input_split import _clip, _Rows
+
+    rng = np.random.default_rng(0)
+    region = Region(np.zeros(3), np.ones(3), [(rng.normal(size=(2, 4)), np.zeros(2)), (rng.normal(size=(1, 4)), np.zeros(1))])
+    rows = _Rows(region)
+    B, R = 64, 3
+    lo = torch.as_tensor(rng.uniform(-1, 0, size=(B, 3)))
+    hi = lo + torch.as_tensor(rng.uniform(0.01, 1, size=(B, 3)))
+    A = torch.as_tensor(rng.normal(size=(B, R, 3)))
+    c = torch.as_tensor(rng.normal(size=(B, R)))
+    row_lb = c + (A * torch.where(A >= 0, lo[:, None], hi[:, None])).sum(-1)  # min over the box of A x + c
+    thr = torch.full((B, R), 0.1, dtype=torch.float64)
+    proven = torch.zeros(B, 2, dtype=torch.bool)
+    new_lo, new_hi, empty = _clip(lo, hi, row_lb, A, thr, rows, proven)
+    x = lo[:, None] + torch.rand(B, 4000, 3, dtype=torch.float64) * (hi - lo)[:, None]
+    lin = torch.einsum("bsn,brn->bsr", x, A) + c[:, None]
+    can = torch.stack([(lin[..., s:e] <= thr[:, None, s:e]).all(-1) for s, e in rows.spans], -1)  # (B, S, clauses)
+    inside = ((x >= new_lo[:, None]) & (x <= new_hi[:, None])).all(-1)
+    assert bool(inside[can.any(-1)].all())
+    assert not bool((can & empty[:, None]).any())
+    assert int(can.any(-1).sum()) > 1000 and bool(empty.any()) and bool((new_hi - new_lo < hi - lo).any())
+
+
+def test_forward_bounds_contain_sampled_activations():
+    from vsbench.bounds.forward import forward_bounds
+    from vsbench.bounds.graph import ReLU
+
+    torch.manual_seed(0)
+    layers = [(torch.randn(8, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)),
+              (torch.randn(8, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)),
+              (torch.randn(2, 8, dtype=torch.float64), torch.randn(2, dtype=torch.float64))]
+    g = Graph.from_dense(layers)
+    lo = torch.rand(16, 3, dtype=torch.float64) - 1
+    hi = lo + torch.rand(16, 3, dtype=torch.float64)
+    bounds = forward_bounds(g, lo, hi)
+    x = lo[:, None] + torch.rand(16, 2000, 3, dtype=torch.float64) * (hi - lo)[:, None]
+    z, k = x.reshape(-1, 3), 0
+    for op in g.ops:
+        if isinstance(op, ReLU):
+            l, u = (b.repeat_interleave(2000, 0) for b in bounds[k])
+            assert bool((z >= l - 1e-9).all() and (z <= u + 1e-9).all()), k
+            k += 1
+        z = op.forward(z)
+    assert k == 2
