@@ -108,8 +108,10 @@ class _Reader:
                            const * k)
         return coef, const
 
-    def dnf(self, node) -> list[list]:
-        """Disjunctive normal form: a list of terms, each a list of atoms ``(line, coef, const)``."""
+    def dnf(self, node) -> list[list[list]]:
+        """Disjunctive normal form: a list of terms, each the conjunction of its chunks (lists of
+        atoms ``(line, coef, const)``); the terms of an ``and`` share one chunk of its
+        single-case parts (the input box of a VNN-COMP file), so it is read once, not per term."""
         if isinstance(node, str) or not node or not isinstance(node[0], str):
             self.fail(node.line, f"expected a constraint, got {_show(node)}")
         op = node[0]
@@ -120,13 +122,13 @@ class _Reader:
             for child in node[1:]:
                 d = self.dnf(child)
                 if len(d) == 1:
-                    base.extend(d[0])
+                    base.extend(a for chunk in d[0] for a in chunk)
                 else:
                     multi.append(d)
             n = int(np.prod([len(d) for d in multi])) if multi else 1
             if n > _MAX_TERMS:
                 self.fail(node.line, f"disjunction expands to {n} cases (limit {_MAX_TERMS})")
-            return [base + [a for t in combo for a in t] for combo in product(*multi)]
+            return [[base, *(chunk for t in combo for chunk in t)] for combo in product(*multi)]
         if op in ("<=", ">=", "<", ">"):
             if len(node) != 3:
                 self.fail(node.line, f"{op} takes two arguments")
@@ -140,8 +142,35 @@ class _Reader:
             kinds = {v[0] for v in coef}
             if len(kinds) > 1:
                 self.fail(node.line, "constraint mixes input (X) and output (Y) variables")
-            return [[(node.line, coef, kl - kr)]]  # sum(coef * var) + const <= 0
+            return [[[(node.line, coef, kl - kr)]]]  # sum(coef * var) + const <= 0
         self.fail(node.line, f"unsupported operator {op!r}")
+
+
+class _Chunk:
+    """A conjunction of atoms read once: its input bounds as arrays, its output rows, and whether
+    a constant atom is false."""
+
+    def __init__(self, r: _Reader, atoms: list, n_out: int):
+        index, bound, upper, self.rows, self.rhs, self.false = [], [], [], [], [], False
+        for line, coef, const in atoms:
+            if not coef:
+                self.false |= const > 0
+                continue
+            if next(iter(coef))[0] == "X":
+                if len(coef) != 1:
+                    r.fail(line, "only bounds on single input variables are supported (box regions)")
+                (v, a), = coef.items()
+                index.append(int(v[2:]))
+                bound.append(-const / a)
+                upper.append(a > 0)
+            else:
+                row = np.zeros(n_out)
+                for v, a in coef.items():
+                    row[int(v[2:])] = a
+                self.rows.append(row)
+                self.rhs.append(0.0 - const)
+        self.index, self.bound = np.array(index, dtype=np.int64), np.array(bound, dtype=np.float64)
+        self.upper = np.array(upper, dtype=bool)
 
 
 def _show(node, depth: int = 8) -> str:
@@ -231,42 +260,29 @@ def _parse(path: Path) -> Property:
     except RecursionError:
         raise VnnlibError(f"{path}: expressions nested too deeply") from None
     regions: dict[bytes, Region] = {}
+    chunks: dict[int, _Chunk] = {}  # by id: the terms share chunks
     for term in terms:
+        for c in term:
+            if id(c) not in chunks:
+                chunks[id(c)] = _Chunk(r, c, sizes["Y"])
+        parts = [chunks[id(c)] for c in term]
+        if any(p.false for p in parts):  # a constant constraint that is false: this case is empty
+            continue
         lo, hi = np.full(sizes["X"], -np.inf), np.full(sizes["X"], np.inf)
-        x_index, x_bound, x_upper = [], [], []  # input bounds, applied together below
-        rows, rhs = [], []
-        for line, coef, const in term:
-            if not coef:
-                if const > 0:  # a constant constraint that is false: this case is empty
-                    break
-                continue
-            if next(iter(coef))[0] == "X":
-                if len(coef) != 1:
-                    r.fail(line, "only bounds on single input variables are supported (box regions)")
-                (v, a), = coef.items()
-                x_index.append(int(v[2:]))
-                x_bound.append(-const / a)
-                x_upper.append(a > 0)
-            else:
-                row = np.zeros(sizes["Y"])
-                for v, a in coef.items():
-                    row[int(v[2:])] = a
-                rows.append(row)
-                rhs.append(0.0 - const)
-        else:
-            index, bound, upper = np.array(x_index, dtype=np.int64), np.array(x_bound), np.array(x_upper, dtype=bool)
-            np.minimum.at(hi, index[upper], bound[upper])
-            np.maximum.at(lo, index[~upper], bound[~upper])
-            for bounds, side in ((lo, "lower"), (hi, "upper")):
-                if not np.all(np.isfinite(bounds)):
-                    v = f"X_{int(np.flatnonzero(~np.isfinite(bounds))[0])}"
-                    r.fail(r.decl[v], f"{v} has no {side} bound")
-            if np.any(lo > hi):
-                v = f"X_{int(np.flatnonzero(lo > hi)[0])}"
-                r.fail(r.decl[v], f"{v} has an empty range")
-            clause = (np.array(rows).reshape(len(rows), sizes["Y"]), np.array(rhs, dtype=np.float64))
-            key = lo.tobytes() + hi.tobytes()
-            regions.setdefault(key, Region(lo, hi, [])).clauses.append(clause)
+        for p in parts:
+            np.minimum.at(hi, p.index[p.upper], p.bound[p.upper])
+            np.maximum.at(lo, p.index[~p.upper], p.bound[~p.upper])
+        for bounds, side in ((lo, "lower"), (hi, "upper")):
+            if not np.all(np.isfinite(bounds)):
+                v = f"X_{int(np.flatnonzero(~np.isfinite(bounds))[0])}"
+                r.fail(r.decl[v], f"{v} has no {side} bound")
+        if np.any(lo > hi):
+            v = f"X_{int(np.flatnonzero(lo > hi)[0])}"
+            r.fail(r.decl[v], f"{v} has an empty range")
+        rows = [row for p in parts for row in p.rows]
+        clause = (np.array(rows).reshape(len(rows), sizes["Y"]), np.array([b for p in parts for b in p.rhs], dtype=np.float64))
+        key = lo.tobytes() + hi.tobytes()
+        regions.setdefault(key, Region(lo, hi, [])).clauses.append(clause)
     if not regions:
         raise VnnlibError(f"{path}: the constraints can never hold (no region)")
     return Property(list(regions.values()))
