@@ -6,8 +6,8 @@ from torch import nn
 
 from vsbench.bounds.alpha import alpha_bounds, alpha_spec, init_slopes
 from vsbench.bounds.beta import beta_spec, split_bounds
-from vsbench.bounds.crown import crown_bounds, crown_ibp_spec, crown_spec
-from vsbench.bounds.graph import from_torch
+from vsbench.bounds.crown import backward, crown_bounds, crown_ibp_spec, crown_spec
+from vsbench.bounds.graph import Graph, from_torch
 from vsbench.bounds.ibp import ibp_bounds, ibp_spec
 
 
@@ -48,6 +48,30 @@ def test_bounds_contain_sampled_outputs(net):
     assert torch.allclose(cb[0][0], ib[0][0]) and torch.allclose(cb[0][1], ib[0][1])
     # a CROWN bound was strictly useful somewhere (the test can fail if CROWN degenerates to IBP)
     assert (crown > ibp + 1e-6).any()
+
+
+def test_crown_bounds_of_only_the_ibp_unstable_neurons_change_no_later_bound():
+    """Against CROWN on every neuron of every layer (each intersected with IBP), written out here."""
+    model, shape = _nets()[1]
+    g = from_torch(model.double(), shape).to(torch.float64)
+    x0 = torch.rand(2, g.n_in, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    lo, hi = x0 - 0.05, x0 + 0.05
+    ibp = ibp_bounds(g, lo, hi)
+    relus = [i for i, op in enumerate(g.ops) if type(op).__name__ == "ReLU"] + [len(g.ops)]
+    full = []
+    for k, end in enumerate(relus):
+        n = ibp[k][0].shape[1]
+        eye = torch.eye(n, dtype=torch.float64)
+        lb = backward(Graph(g.ops[:end], g.in_shape), lo, hi, torch.cat([eye, -eye]).expand(2, 2 * n, n), full)[0]
+        full.append((torch.maximum(lb[:, :n], ibp[k][0]), torch.minimum(-lb[:, n:], ibp[k][1])))
+    ours = crown_bounds(g, lo, hi)
+    stable = [((l >= 0) | (u <= 0)).all(0) for l, u in ibp[:-1]]
+    assert sum(int(s.sum()) for s in stable) > 0 and not all(s.all() for s in stable)  # both kinds occur
+    for (l, u), (fl, fu), s in zip(ours[:-1], full[:-1], stable):
+        assert torch.equal(l[:, ~s], fl[:, ~s]) and torch.equal(u[:, ~s], fu[:, ~s])  # unstable: CROWN
+        assert ((l[:, s] >= 0) == (fl[:, s] >= 0)).all()  # stable: the same sign, so the same relaxation
+    assert torch.allclose(ours[-1][0], full[-1][0], rtol=0, atol=1e-12)
+    assert torch.allclose(ours[-1][1], full[-1][1], rtol=0, atol=1e-12)
 
 
 def test_beta_without_splits_equals_alpha_and_split_domains_are_sound():

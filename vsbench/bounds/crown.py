@@ -116,6 +116,9 @@ def layerwise_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, bou
 
     ``bound_layer(head, C, bounds, k)`` lower-bounds ``C @ head(x)`` for the sub-network ``head``
     ending at layer ``k``, given the earlier layers' ``bounds``; each result is intersected with IBP.
+    Only the ReLU inputs that IBP leaves unstable (in some batch element) are bounded this way; the
+    others keep their IBP bounds, which already fix their ReLU's relaxation (identity or zero), so
+    every later bound is the same as when all neurons are bounded.
     """
     ibp = ibp_bounds(graph, lower, upper)
     B = lower.shape[0]
@@ -123,9 +126,22 @@ def layerwise_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, bou
     ends = _relu_positions(graph) + [len(graph.ops)]
     for k, end in enumerate(ends):
         head = Graph(graph.ops[:end], graph.in_shape)
-        n = ibp[k][0].shape[1]
-        lb = bound_layer(head, _pm_eye(B, n, ibp[k][0]), bounds, k)
-        bounds.append((torch.maximum(lb[:, :n], ibp[k][0]), torch.minimum(-lb[:, n:], ibp[k][1])))
+        l_ibp, u_ibp = ibp[k]
+        n = l_ibp.shape[1]
+        if k < len(ends) - 1:
+            idx = torch.nonzero(((l_ibp < 0) & (u_ibp > 0)).any(0)).flatten()
+        else:
+            idx = torch.arange(n)
+        m = len(idx)
+        if m == 0:
+            bounds.append((l_ibp, u_ibp))
+            continue
+        C = _pm_eye(B, n, l_ibp)[:, torch.cat([idx, idx + n])]
+        lb = bound_layer(head, C, bounds, k)
+        lo, hi = l_ibp.clone(), u_ibp.clone()
+        lo[:, idx] = torch.maximum(lb[:, :m], l_ibp[:, idx])
+        hi[:, idx] = torch.minimum(-lb[:, m:], u_ibp[:, idx])
+        bounds.append((lo, hi))
     return bounds
 
 
