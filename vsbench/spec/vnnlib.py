@@ -223,9 +223,10 @@ def read_vnnlib(path: str | Path, n_in: int | None = None, n_out: int | None = N
     prop = _cache.get(key) if key else None
     if prop is None:
         prop = _parse(path)
-        if key and _cached_bytes + _nbytes(prop) <= CACHE_BYTES:
+        size = _nbytes(prop)
+        if key and _cached_bytes + size <= CACHE_BYTES:
             _cache[key] = prop
-            _cached_bytes += _nbytes(prop)
+            _cached_bytes += size
     for kind, have, want in (("X", prop.regions[0].lower.size, n_in), ("Y", prop.regions[0].clauses[0][0].shape[1], n_out)):
         if want is not None and have != want:
             raise VnnlibError(f"{path}: declares {have} {kind} variables, the model has {want}")
