@@ -116,6 +116,8 @@ BOX = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
     (BOX.replace("0))", "2))", 1) + "(assert (<= Y_0 Y_1))\n", 1, "X_0 has an empty range"),
     (BOX + "(assert (<= Y_0 1e999))\n", 6, "number 1e999 is out of range"),
     (BOX.replace("(<= X_0 1)", "(<= X_0 1e999)"), 5, "number 1e999 is out of range"),
+    (BOX + "(assert (<= X_3 1))\n", 6, "undeclared variable or bad number 'X_3'"),
+    (BOX + "(declare-const X_0 Real)\n", 6, "X_0 declared twice"),
 ])
 def test_malformed(tmp_path, body, line, problem):
     f = tmp_path / "bad.vnnlib"
@@ -123,6 +125,25 @@ def test_malformed(tmp_path, body, line, problem):
     with pytest.raises(VnnlibError) as err:
         read_vnnlib(f)
     assert str(err.value).startswith(f"{f}:{line}: ") and problem in str(err.value)
+
+
+def test_bound_lines_read_directly_or_inside_an_expression_give_the_same_property(tmp_path):
+    """The reader takes top-level one-line input bounds without the s-expression reader; the same
+    constraints inside a multi-line ``and`` (where that shortcut must not apply), with comments,
+    read the same."""
+    decl = HEAD.replace("(declare-const X_0 Real)", "(declare-const X_0 Real)\n(declare-const X_1 Real)")
+    bounds = "(assert (>= X_0 -0.5))\n(assert (<= X_0 .25))\n(assert (> X_1 1e-1))\n(assert (< X_1 2))\n"
+    out = "(assert (or (and (<= Y_0 Y_1)) (and (>= Y_0 3))))\n"
+    inside = "(assert (and ; the box\n" + bounds.replace("(assert ", "").replace("))\n", ")\n") + "))\n"
+    texts = [decl + bounds + out, decl + inside + out, decl + "; (a comment (\n" + out + bounds]
+    props = []
+    for i, text in enumerate(texts):
+        (tmp_path / f"p{i}.vnnlib").write_text(text)
+        props.append(read_vnnlib(tmp_path / f"p{i}.vnnlib"))
+    for prop in props:
+        (r,) = prop.regions
+        assert r.lower.tolist() == [-0.5, 0.1] and r.upper.tolist() == [0.25, 2.0]
+        assert [(c.tolist(), b.tolist()) for c, b in r.clauses] == [([[1.0, -1.0]], [0.0]), ([[-1.0, 0.0]], [-3.0])]
 
 
 def test_deep_nesting(tmp_path):
