@@ -15,6 +15,7 @@ from vsbench.onnx_io import confirm_counterexample
 from vsbench.verify.builtin import BuiltinVerifier
 from vsbench.verify.config import VerifierConfig
 from vsbench.verify.fastpath import fast_path
+from vsbench.verify import runner
 from vsbench.verify.runner import run_verification
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -67,12 +68,21 @@ def test_fast_path_off_or_bounds_only(bench):
     assert all(full[k].status == v.status for k, v in no_attack.items())
 
 
-def test_runner_runs_the_fast_path_first(bench, tmp_path):
+def test_runner_runs_the_fast_path_first(bench, tmp_path, monkeypatch):
+    """In two tasks over every other instance (a model with more instances than FAST_PATH_CHUNK and two
+    free slots); each instance is recorded once, as the one-task fast path decides it."""
     if not ray.is_initialized():
         init_ray(2)
-    records = run_verification(bench, "builtin", tmp_path / "run", timeout_cap=30)
+    monkeypatch.setattr(runner, "FAST_PATH_CHUNK", len(bench) // 2)
+    records = run_verification(bench, "builtin", tmp_path / "run", workers=2, timeout_cap=30)
+    lines = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == len(records) == len(bench)
     fast = [r for r in records if r["log"].startswith("fast path")]
     assert fast, records
+    torch.set_num_threads(1)
+    one_task = fast_path(bench)
+    for inst, r in zip(bench, records):
+        assert r["status"] == (one_task[inst.key].status if inst.key in one_task else r["status"])
     for r in records:
         assert r["verifier_settings"] == VerifierConfig().model_dump(mode="json")
         assert (r["stage"] is not None) == (r["status"] in ("sat", "unsat"))

@@ -29,6 +29,7 @@ from vsbench.store import (append_record, file_sha256, host, latest_verdicts, re
                            versions)
 
 log = logging.getLogger(__name__)
+FAST_PATH_CHUNK = 64  # fewest instances of one model per fast-path task (each task loads the model)
 
 GRACE_S = 10.0  # extra wall time the driver grants past an instance's timeout before it kills its worker
 LOG_CHARS = 4000
@@ -206,9 +207,11 @@ def _fast_path_task(instances: list[Instance], config, cores: int, seconds: floa
 
 def _fast_path(todo: list[Instance], verifier, config, timeouts: dict, workers: int | None,
                ray_address: str | None, cores: int) -> dict[int, dict]:
-    """``{id(instance): result}`` of what the built-in verifier's fast path decides: one Ray task per
-    ONNX model over all its instances, before they fan out one task each. Empty for other verifiers,
-    with ``fast_path`` off, or for a model whose task fails (its instances then go the usual way)."""
+    """``{id(instance): result}`` of what the built-in verifier's fast path decides, before the rest
+    fan out one task each: Ray tasks over an ONNX model's instances, one per model, or several (every
+    k-th instance each, at least ``FAST_PATH_CHUNK``) where there are more free slots than models.
+    Empty for other verifiers, with ``fast_path`` off, or for a task that fails (its instances then
+    go the usual way)."""
     import ray
 
     if config is None or not getattr(config, "fast_path", False):
@@ -217,11 +220,14 @@ def _fast_path(todo: list[Instance], verifier, config, timeouts: dict, workers: 
     by_model: dict[str, list[Instance]] = {}
     for inst in todo:
         by_model.setdefault(str(inst.onnx), []).append(inst)
+    slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cores)
     task = ray.remote(num_cpus=cores, max_retries=0)(_fast_path_task)
     refs = []
-    for insts in by_model.values():
-        seconds = sum(timeouts[id(i)] for i in insts)  # never more than verifying them one by one
-        refs.append((task.remote(insts, config, cores, seconds), insts, seconds))
+    for model in by_model.values():
+        n = max(1, min(slots // len(by_model), len(model) // FAST_PATH_CHUNK))
+        for insts in (model[j::n] for j in range(n)):
+            seconds = sum(timeouts[id(i)] for i in insts)  # never more than verifying them one by one
+            refs.append((task.remote(insts, config, cores, seconds), insts, seconds))
     out: dict[int, dict] = {}
     for ref, insts, seconds in refs:
         try:
