@@ -476,8 +476,10 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         log.append(f"alpha: {int((best > TAU).sum())}/{n_cl} clauses")
         sel_rows = np.flatnonzero(sel.numpy())
         open_ = [c for c in range(n_cl) if best[c] <= TAU]
-    if open_:
-        cex = pgd_attack(graph, region, restarts=cfg.attack2_restarts, steps=cfg.attack2_steps, deadline=deadline, seed=1,
+    if open_:  # on the clauses still open, within its share of the time left
+        cex = pgd_attack(graph, Region(region.lower, region.upper, [region.clauses[c] for c in open_]),
+                         restarts=cfg.attack2_restarts, steps=cfg.attack2_steps, seed=1,
+                         deadline=Deadline(deadline.left() * cfg.attack2_time_fraction),
                          confirm=lambda x: check(region, x))
         if cex is not None:
             log.append("pgd: counterexample")

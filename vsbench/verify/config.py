@@ -27,6 +27,7 @@ class VerifierConfig(BaseModel):
     attack_steps: int = Field(100, ge=0, description="PGD steps of the first attack")
     attack2_restarts: int = Field(256, ge=0, description="PGD restarts of the attack before BaB")
     attack2_steps: int = Field(200, ge=0, description="PGD steps of the attack before BaB")
+    attack2_time_fraction: float = Field(0.1, gt=0, le=1, description="most of the time left the attack before BaB may take")
     # alpha-CROWN
     alpha_bound_iters: int = Field(20, ge=0, description="Adam steps per layer for intermediate bounds")
     alpha_spec_iters: int = Field(50, ge=0, description="Adam steps for the property's rows")
