@@ -238,3 +238,21 @@ def test_float32_crown_bounds_hold_in_onnxruntime(case, tmp_path):
     xs = RNG.uniform(-0.5, 0.5, size=(50, dag.n_in)).astype(np.float32)
     for x in xs:
         assert (C[0].numpy() @ run_onnx(path, x) >= lb32.numpy()).all()
+
+
+def test_float32_crown_bounds_over_a_batch_of_boxes_hold_in_onnxruntime(tmp_path):
+    """Over a batch of boxes (as input splitting bounds them), each box's rounding-aware CROWN bound
+    holds for onnxruntime's float32 outputs of points in that box."""
+    path = tmp_path / "m.onnx"
+    onnx.save(CASES["residual"], path)
+    dag = load_onnx(path)
+    gen = torch.Generator().manual_seed(5)
+    centre = torch.rand(3, dag.n_in, generator=gen, dtype=torch.float64) - 0.5
+    radius = torch.tensor([[0.05], [0.2], [0.5]], dtype=torch.float64)
+    C = torch.randn(3, 4, dag.n_out, generator=gen, dtype=torch.float64)
+    lb = crown_spec(dag, centre - radius, centre + radius, C, rounding={})
+    assert lb.shape == (3, 4)
+    for b in range(3):
+        xs = centre[b].numpy() + radius[b].item() * RNG.uniform(-1, 1, size=(30, dag.n_in))
+        for x in xs.astype(np.float32):
+            assert (C[b].numpy() @ run_onnx(path, x) >= lb[b].numpy()).all()

@@ -122,7 +122,7 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
         if isinstance(n.op, Affine):
             bias = bias + n.op.bias_term(A)
             if rounding is not None and i in rounding:
-                bias = bias - (A.abs() * rounding[i]).flatten(2).sum(-1)
+                bias = bias - (A.abs() * rounding[i].unsqueeze(1)).flatten(2).sum(-1)
             ins = n.op.back(A, [dag.nodes[j].shape for j in n.inputs])
         elif isinstance(n.op, Relu):
             up, icpt, low, unstable = relaxed[i]
