@@ -7,7 +7,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from vsbench.bounds.dag import SSHAPE_ERROR, SShape
 from vsbench.bounds.dag_bounds import (
+    _sshape_relaxation,
     alpha_spec,
     crown_spec,
     float32_error,
@@ -16,7 +18,9 @@ from vsbench.bounds.dag_bounds import (
 )
 from vsbench.bounds.graph import UnsupportedModel
 from vsbench.bounds.onnx_ops import load_onnx
-from vsbench.onnx_io import run_onnx
+from vsbench.onnx_io import confirm_counterexample, run_onnx
+from vsbench.spec.api import Instance
+from vsbench.verify.builtin import BuiltinVerifier
 
 RNG = np.random.default_rng(0)
 
@@ -96,6 +100,12 @@ CASES = {
         (1, 2, 3), {"zero": np.array(0), "zero1": np.array([0]), "cc": _w(1, 2), "st": np.array([1]),
                     "en": np.array([100]), "ax": np.array([1]), "sp": np.array([2]), "idx": np.array([7, 0, 2, 5]),
                     "big": _w(3, 1, 4)}),
+    # Sigmoid and Tanh: after a conv (some wide ranges), between Gemms, and at the output
+    "sigmoid_tanh": _model(
+        [N("Conv", ["x", "K", "kb"], ["c"], strides=[2, 2]), N("Tanh", ["c"], ["t"]), N("Flatten", ["t"], ["f"]),
+         N("Gemm", ["f", "W", "b"], ["h"]), N("Sigmoid", ["h"], ["s"]), N("Gemm", ["s", "W2"], ["o"]),
+         N("Tanh", ["o"], ["y"])],
+        (1, 2, 5, 5), {"K": 3 * _w(3, 2, 3, 3), "kb": _w(3), "W": 3 * _w(12, 6), "b": _w(6), "W2": 2 * _w(6, 4)}),
 }
 
 
@@ -131,7 +141,7 @@ def test_chain_models_convert_to_the_chain_graph(tmp_path):
 @pytest.mark.parametrize(
     "nodes, inits, message",
     [
-        ([N("Sigmoid", ["x"], ["y"])], {}, "unsupported ONNX operator Sigmoid"),
+        ([N("Softplus", ["x"], ["y"])], {}, "unsupported ONNX operator Softplus"),
         ([N("Gemm", ["x", "W"], ["y"], transB=1, foo=3)], {"W": _w(3, 4)}, "unsupported attribute foo"),
         ([N("Mul", ["x", "x"], ["y"])], {}, "Mul of two activations is not linear"),
         ([N("MatMul", ["x", "W"], ["y"])], {"W": _w(3, 2)}, "MatMul node 'n0': .*shapes cannot be multiplied"),
@@ -220,7 +230,7 @@ def test_grafted_relu_export_reads_as_a_dag(tmp_path):
     assert (ys.min(0).values >= lb[0] - 1e-9).all()
 
 
-@pytest.mark.parametrize("case", ["conv_pads_groups", "residual", "pools"])
+@pytest.mark.parametrize("case", ["conv_pads_groups", "residual", "pools", "sigmoid_tanh"])
 def test_float32_crown_bounds_hold_in_onnxruntime(case, tmp_path):
     """CROWN with the float32 roundings as perturbations bounds onnxruntime's float32 outputs, and is
     within a small margin of the exact-arithmetic bound."""
@@ -256,3 +266,53 @@ def test_float32_crown_bounds_over_a_batch_of_boxes_hold_in_onnxruntime(tmp_path
         xs = centre[b].numpy() + radius[b].item() * RNG.uniform(-1, 1, size=(30, dag.n_in))
         for x in xs.astype(np.float32):
             assert (C[b].numpy() @ run_onnx(path, x) >= lb[b].numpy()).all()
+
+
+@pytest.mark.parametrize("kind", ["Sigmoid", "Tanh"])
+def test_sshape_relaxation_contains_the_function(kind):
+    """The two parallel lines bound Sigmoid / Tanh on narrow, wide, one-sided and mixed intervals."""
+    op = SShape(kind)
+    gen = torch.Generator().manual_seed(4)
+    scale = torch.tensor([0.1, 6.0], dtype=torch.float64).repeat_interleave(200)
+    ends = torch.randn(2, 400, generator=gen, dtype=torch.float64) * scale + 3 * torch.randn(400, generator=gen)
+    l, u = ends.min(0).values[None], ends.max(0).values[None]
+    s, low, up = (t[:, 0] for t in _sshape_relaxation(op, l, u))
+    x = l + (u - l) * torch.rand(1000, 400, generator=gen, dtype=torch.float64)
+    y = torch.sigmoid(x) if kind == "Sigmoid" else torch.tanh(x)
+    assert (s * x + low <= y + 1e-12).all() and (y <= s * x + up + 1e-12).all()
+
+
+def test_verifier_decides_a_sigmoid_tanh_net_both_ways(tmp_path):
+    """unsat for a bound far below the output, sat (confirmed in onnxruntime) for one just above it."""
+    path = tmp_path / "m.onnx"
+    onnx.save(CASES["sigmoid_tanh"], path)
+    x0 = RNG.uniform(-0.5, 0.5, size=50).astype(np.float32)
+    y0 = float(run_onnx(path, x0)[0])
+    box = "".join(f"(declare-const X_{i} Real)\n" for i in range(50)) + "".join(
+        f"(declare-const Y_{j} Real)\n" for j in range(4)) + "".join(
+        f"(assert (>= X_{i} {v - 0.01:.6f}))\n(assert (<= X_{i} {v + 0.01:.6f}))\n" for i, v in enumerate(x0))
+    for name, threshold, want in (("far", y0 - 1.0, "unsat"), ("near", y0 + 1e-3, "sat")):
+        (tmp_path / f"{name}.vnnlib").write_text(box + f"(assert (<= Y_0 {threshold:.6f}))\n")
+        v = BuiltinVerifier().verify(Instance(path, tmp_path / f"{name}.vnnlib", 30), 30)
+        assert v.status == want, v.log
+        if want == "sat":
+            assert confirm_counterexample(Instance(path, tmp_path / f"{name}.vnnlib", 30), v.cex)[0] is not None
+
+
+@pytest.mark.parametrize("kind", ["Sigmoid", "Tanh"])
+def test_onnxruntime_sshape_is_within_the_allowed_error(kind, tmp_path):
+    """On a million float32 inputs (and in a 7-element tensor, onnxruntime's scalar tail), its
+    Sigmoid / Tanh stay within SSHAPE_ERROR of the function in float64 (the exhaustive check over
+    every float32 is benchmarks/activation_error.py)."""
+    import onnxruntime as ort
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node(kind, ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])]), opset_imports=[helper.make_opsetid("", 13)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.concatenate([RNG.normal(0, 4, 1_000_000), RNG.uniform(-30, 30, 7)]).astype(np.float32)
+    for part in (x[:-7], x[-7:]):
+        y = sess.run(None, {"x": part})[0].astype(np.float64)
+        exact = torch.as_tensor(part, dtype=torch.float64)
+        exact = (torch.sigmoid(exact) if kind == "Sigmoid" else torch.tanh(exact)).numpy()
+        assert np.abs(y - exact).max() <= SSHAPE_ERROR[kind]

@@ -9,8 +9,8 @@ dimension is a dimension of size 1 like any other). Batched tensors add one lead
   reshapes, residual Add, ...). Its CROWN backward step is :meth:`Affine.back` (the adjoint of
   ``fn``: transposed convolution for Conv, a vector-Jacobian product for the shape ops), so nothing
   is ever turned into a dense matrix.
-* :class:`Relu` and :class:`MaxPool`: the nonlinear ops, relaxed by the bound engines
-  (:mod:`vsbench.bounds.dag_bounds`).
+* :class:`Relu`, :class:`MaxPool` and :class:`SShape` (Sigmoid, Tanh): the nonlinear ops, relaxed
+  by the bound engines (:mod:`vsbench.bounds.dag_bounds`).
 
 ONNX files are read into a Dag by :mod:`vsbench.bounds.onnx_ops`; :meth:`Dag.to_chain` gives the
 chain :class:`vsbench.bounds.graph.Graph` (flattened batches, the engines BaB and the MILP use) when
@@ -111,6 +111,27 @@ class MaxPool:
         lead = x.shape[:-3]
         y = F.max_pool2d(self.padded(x.reshape(-1, *x.shape[-3:])), self.kernel, self.stride, 0, self.dilation)
         return y.reshape(*lead, *y.shape[1:])
+
+
+# onnxruntime's float32 Sigmoid / Tanh are within this of the exact function of their float32 input:
+# at least twice the largest error over every finite float32 input (1.78e-7 and 3.25e-7), measured
+# exhaustively with onnxruntime 1.32 on x86-64 (`python benchmarks/activation_error.py`).
+SSHAPE_ERROR = {"Sigmoid": 2.0**-21, "Tanh": 2.0**-20}
+
+
+@dataclass(eq=False)
+class SShape:
+    """Sigmoid or Tanh: elementwise and increasing, its slope largest at 0 and falling on either side,
+    so over any interval the smallest slope is at one of its ends."""
+
+    kind: str  # "Sigmoid" or "Tanh"
+
+    def forward(self, x):
+        return torch.sigmoid(x) if self.kind == "Sigmoid" else torch.tanh(x)
+
+    def slope(self, x):
+        y = self.forward(x)
+        return y * (1 - y) if self.kind == "Sigmoid" else 1 - y * y
 
 
 @dataclass

@@ -5,7 +5,10 @@ convolution is bounded backwards by its transposed convolution and never densifi
 (residual join) the backward coefficients of the consumers are summed. ReLU uses CROWN's triangle
 relaxation (:func:`vsbench.bounds.crown.relax`); MaxPool the standard one: below, the window's input
 with the highest lower bound; above, that same input when its lower bound beats every other upper
-bound in the window (the max is exact), else the window's highest upper bound (a constant).
+bound in the window (the max is exact), else the window's highest upper bound (a constant). Sigmoid
+and Tanh over ``[l, u]``: two parallel lines of the smaller end slope ``s``, through ``(l, f(l))``
+below and ``(u, f(u))`` above (``f(x) - s x`` is non-decreasing on ``[l, u]``, as no slope there is
+below ``s``); simple, and tight on the narrow ranges a robustness property gives.
 
 Intermediate bounds (:func:`intermediate_bounds`): IBP for every node, then CROWN for the inputs of
 ReLUs (only their unstable neurons) and of MaxPools, node by node in topological order, in chunks of
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from .alpha import optimize
 from .crown import relax
-from .dag import Affine, Dag, MaxPool, Relu
+from .dag import SSHAPE_ERROR, Affine, Dag, MaxPool, Relu, SShape
 
 Bounds = list  # per node: (l, u) of shape (B, *node.shape), or None where not computed
 ROW_BUDGET = 1 << 24  # elements of one coefficient tensor (rows x node size) per backward chunk
@@ -33,7 +36,7 @@ def _ibp_node(dag: Dag, i: int, bounds: Bounds):
     if isinstance(n.op, Relu):
         l, u = ins[0]
         return l.clamp(min=0), u.clamp(min=0)
-    if isinstance(n.op, MaxPool):
+    if isinstance(n.op, (MaxPool, SShape)):  # monotone
         return n.op.forward(ins[0][0]), n.op.forward(ins[0][1])
     mid = n.op.forward(*[(u + l) / 2 for l, u in ins])
     rad = n.op.radius(*[(u - l) / 2 for l, u in ins])
@@ -81,18 +84,29 @@ def _maxpool_back(op: MaxPool, A: torch.Tensor, relaxation, in_shape):
     return x.reshape(B, S, *in_shape), bias
 
 
+def _sshape_relaxation(op: SShape, l: torch.Tensor, u: torch.Tensor):
+    """``(s, low_icpt, up_icpt)``, ``(B, 1, *shape)`` each: ``s x + low_icpt <= f(x) <= s x + up_icpt``
+    on ``[l, u]`` (see the module docstring)."""
+    s = torch.minimum(op.slope(l), op.slope(u))
+    return tuple(t.unsqueeze(1) for t in (s, op.forward(l) - s * l, op.forward(u) - s * u))
+
+
 def _relax_node(dag: Dag, i: int, bounds: Bounds):
     n = dag.nodes[i]
     if isinstance(n.op, Relu):
         return tuple(t.unsqueeze(1) for t in relax(*bounds[n.inputs[0]]))  # up, icpt, low, unstable
+    if isinstance(n.op, SShape):
+        return _sshape_relaxation(n.op, *bounds[n.inputs[0]])
     return _maxpool_relaxation(n.op, *bounds[n.inputs[0]])
 
 
+NONLINEAR = (Relu, MaxPool, SShape)
+
+
 def relaxations(dag: Dag, bounds: Bounds, upto: int | None = None) -> dict:
-    """The relaxation of every ReLU and MaxPool node (ids ``<= upto``) given ``bounds``."""
+    """The relaxation of every nonlinear node (ids ``<= upto``) given ``bounds``."""
     upto = dag.output if upto is None else upto
-    return {i: _relax_node(dag, i, bounds) for i in range(1, upto + 1)
-            if isinstance(dag.nodes[i].op, (Relu, MaxPool))}
+    return {i: _relax_node(dag, i, bounds) for i in range(1, upto + 1) if isinstance(dag.nodes[i].op, NONLINEAR)}
 
 
 def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: int | None = None,
@@ -100,7 +114,7 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
              keep: dict | None = None, rounding: dict | None = None) -> torch.Tensor:
     """CROWN lower bound ``(B, S)`` of ``C @ node_target(x)`` over the box, ``C (B, S, n_target)``.
 
-    ``bounds`` must hold the inputs of every ReLU and MaxPool before ``target``; ``slopes[i]``
+    ``bounds`` must hold the inputs of every nonlinear node before ``target``; ``slopes[i]``
     (broadcastable to ``(B, S, *shape)``, in [0, 1]) replaces the lower slope of ReLU node ``i``'s
     unstable neurons (alpha-CROWN); ``extra[i]`` is added to the coefficients of ReLU node ``i``'s
     input (beta-CROWN split terms); ``relaxed``: :func:`relaxations`, when reused over many passes.
@@ -135,6 +149,12 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
                 keep[i] = A
             if extra is not None and extra.get(i) is not None:
                 ins[0] = ins[0] + extra[i]
+        elif isinstance(n.op, SShape):
+            s, low_icpt, up_icpt = relaxed[i]
+            bias = bias + (A.clamp(min=0) * low_icpt + A.clamp(max=0) * up_icpt).flatten(2).sum(-1)
+            if rounding is not None and i in rounding:
+                bias = bias - (A.abs() * rounding[i].unsqueeze(1)).flatten(2).sum(-1)
+            ins = [A * s]
         else:
             x, b = _maxpool_back(n.op, A, relaxed[i], dag.nodes[n.inputs[0]].shape)
             bias, ins = bias + b, [x]
@@ -192,8 +212,8 @@ def _rounding(dag: Dag, i: int, bounds: Bounds):
 
 def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, deadline=None,
                         rounding: dict | None = None) -> Bounds:
-    """Bounds of every node: IBP, with the inputs of ReLUs (unstable neurons) and of MaxPools (every
-    neuron, unless it is a ReLU's output) tightened by CROWN in topological order (see the module
+    """Bounds of every node: IBP, with the inputs of ReLUs (unstable neurons) and of MaxPools, Sigmoids
+    and Tanhs (every neuron, unless it is a ReLU's output) tightened by CROWN in topological order (see the module
     docstring), except where IBP is already exact (at most one mixing affine op since the input).
     Past ``deadline`` the remaining nodes keep their IBP bounds (still sound).
 
@@ -206,7 +226,7 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
     bounds: Bounds = [(lower.reshape(B, *dag.in_shape), upper.reshape(B, *dag.in_shape))]
     feeds = {}
     for n in dag.nodes:
-        if isinstance(n.op, (Relu, MaxPool)):
+        if isinstance(n.op, NONLINEAR):
             feeds[n.inputs[0]] = feeds.get(n.inputs[0], False) or isinstance(n.op, Relu)
     relaxed: dict = {}
     mixes = [0]  # mixing affine ops since the input (2: after a nonlinear op); IBP is exact below 2
@@ -216,7 +236,10 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
         if rounding is not None and isinstance(n.op, Affine) and (r := _rounding(dag, i, bounds)) is not None:
             rounding[i] = r
             bounds[i] = (bounds[i][0] - r, bounds[i][1] + r)
-        if isinstance(n.op, (Relu, MaxPool)):
+        if rounding is not None and isinstance(n.op, SShape):  # onnxruntime's approximation of f
+            rounding[i] = r = torch.full_like(bounds[i][0], SSHAPE_ERROR[n.op.kind])
+            bounds[i] = (bounds[i][0] - r, bounds[i][1] + r)
+        if isinstance(n.op, NONLINEAR):
             relaxed[i] = _relax_node(dag, i, bounds)
             mixes.append(2)
         else:
@@ -263,7 +286,8 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
     of its float32 input's magnitude: exact bound plus a forward ``|W|`` bound of its error), then
     ``sum_k |c J_k| r_k`` with ``c J_k`` propagated backwards as an interval (a ReLU's error gain is
     in ``[0, 1]``, exact where the sign is sure; a MaxPool's output error is a convex combination of
-    its window's): signed, so cancellation is kept, unlike a forward ``|W|`` walk."""
+    its window's; a Sigmoid's or Tanh's gain is in ``[0, its largest slope over the range]``, plus
+    its own ``SSHAPE_ERROR``): signed, so cancellation is kept, unlike a forward ``|W|`` walk."""
     from .float_error import EXTRA, TINY, gamma
 
     errs, rounding = [torch.zeros_like(bounds[0][0])], [None]
@@ -274,6 +298,9 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
             err = e_in[0]
         elif isinstance(n.op, MaxPool):
             err = n.op.forward(e_in[0])
+        elif isinstance(n.op, SShape):
+            r = torch.full_like(e_in[0], SSHAPE_ERROR[n.op.kind])
+            err = _sshape_gain(n.op, bounds[n.inputs[0]], e_in[0]) * e_in[0] + r
         else:
             terms = n.op.terms
             if terms is None:  # unknown: every input element
@@ -295,10 +322,14 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
         m, rad = coef.pop(i)
         n = dag.nodes[i]
         shapes = [dag.nodes[j].shape for j in n.inputs]
+        if rounding[i] is not None:
+            total = total + ((m.abs() + rad) * rounding[i].unsqueeze(1)).flatten(2).sum(-1)[0]
         if isinstance(n.op, Affine):
-            if rounding[i] is not None:
-                total = total + ((m.abs() + rad) * rounding[i].unsqueeze(1)).flatten(2).sum(-1)[0]
             ins = zip(n.op.back(m, shapes), n.op.back_abs(rad.expand_as(m), shapes))
+        elif isinstance(n.op, SShape):  # error gain in [0, g]
+            g = _sshape_gain(n.op, bounds[n.inputs[0]], errs[n.inputs[0]]).unsqueeze(1)
+            lo, hi = (g * (m - rad)).clamp(max=0), (g * (m + rad)).clamp(min=0)
+            ins = [((lo + hi) / 2, (hi - lo) / 2)]
         elif isinstance(n.op, Relu):
             j = n.inputs[0]
             (l, u), e = bounds[j], errs[j]
@@ -320,18 +351,24 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def _sshape_gain(op: SShape, input_bounds, err):
+    """The largest slope of ``op`` over its float32 input's range ``[l - err, u + err]``."""
+    l, u = input_bounds
+    return op.slope(torch.minimum(torch.maximum(torch.zeros_like(l), l - err), u + err))
+
+
 class ReluView:
     """A Dag as the chain engines (:mod:`~vsbench.bounds.crown`, alpha, beta, the verifier's BaB) see
     a :class:`~vsbench.bounds.graph.Graph`: ReLU ``k`` is the ``k``-th ReLU node, its bounds, slopes,
-    split terms and coefficients are flat ``(B, ..., n_k)``, inputs flat ``(B, n_in)``. MaxPools keep
-    the relaxation of ``root`` (bounds over the whole box: sound for every sub-domain), and every
+    split terms and coefficients are flat ``(B, ..., n_k)``, inputs flat ``(B, n_in)``. MaxPools,
+    Sigmoids and Tanhs keep the relaxation of ``root`` (bounds over the whole box: sound for every sub-domain), and every
     bound includes the float32 ``rounding`` of :func:`intermediate_bounds` when given (bounds of
     the root's magnitudes: sound for every sub-domain too)."""
 
     def __init__(self, dag: Dag, root: Bounds, rounding: dict | None = None):
         self.dag, self.n_in, self.rounding = dag, dag.n_in, rounding
         self.relus = [i for i, n in enumerate(dag.nodes) if isinstance(n.op, Relu)]
-        self.pools = {i: _relax_node(dag, i, root) for i, n in enumerate(dag.nodes) if isinstance(n.op, MaxPool)}
+        self.pools = {i: _relax_node(dag, i, root) for i, n in enumerate(dag.nodes) if isinstance(n.op, (MaxPool, SShape))}
 
     def relu_count(self) -> int:
         return len(self.relus)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dag import Affine, Dag, Input, MaxPool, Node, Relu
+from .dag import Affine, Dag, Input, MaxPool, Node, Relu, SShape
 from .float_error import BN_ROUNDINGS
 from .graph import Conv, Linear, Scale, UnsupportedModel
 
@@ -294,6 +294,10 @@ def _relu(c: _Ctx) -> int:
     return c.add(Relu(), [c.act()])
 
 
+def _sshape(c: _Ctx) -> int:
+    return c.add(SShape(c.node.op_type), [c.act()])
+
+
 def _avgpool(c: _Ctx) -> int:
     x = c.act()
     sx = c.b.shape(x)
@@ -487,6 +491,8 @@ OPS = {
     "Conv": (_conv, _window_attrs("dilations", "group")),
     "BatchNormalization": (_batchnorm, frozenset({"epsilon", "momentum", "training_mode", "spatial"})),
     "Relu": (_relu, frozenset()),
+    "Sigmoid": (_sshape, frozenset()),
+    "Tanh": (_sshape, frozenset()),
     "AveragePool": (_avgpool, _window_attrs("ceil_mode", "count_include_pad", "dilations")),
     "GlobalAveragePool": (_global_avgpool, frozenset()),
     "MaxPool": (_maxpool, _window_attrs("ceil_mode", "dilations", "storage_order")),
