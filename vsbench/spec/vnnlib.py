@@ -20,9 +20,9 @@ import numpy as np
 from vsbench.spec.api import Property, Region
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_VAR = re.compile(r"([XY])_(\d+)")
 _NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBER = re.compile(_NUM)
+_VAR = re.compile(r"([XY])_(\d+)")
 # The lines that make up most of a VNN-COMP file, read without the s-expression reader.
 _DECLARE_LINE = re.compile(r"\s*\(\s*declare-const\s+([XY]_\d+)\s+Real\s*\)\s*")
 _BOUND_LINE = re.compile(rf"\s*\(\s*assert\s*\(\s*(<=|>=|<|>)\s+(X_\d+)\s+({_NUM})\s*\)\s*\)\s*")
@@ -84,13 +84,16 @@ class _Reader:
             self.fail(line, f"{name} declared twice")
         self.decl[name] = line
 
+    def number(self, text: str, line: int) -> float:
+        if not np.isfinite(value := float(text)):
+            self.fail(line, f"number {text} is out of range")
+        return value
+
     def term(self, node) -> tuple[dict, float]:
         """A linear term as ({variable: coefficient}, constant)."""
         if isinstance(node, str):
             if _NUMBER.fullmatch(node):
-                if not np.isfinite(float(node)):
-                    self.fail(node.line, f"number {node} is out of range")
-                return {}, float(node)
+                return {}, self.number(node, node.line)
             if node in self.decl:
                 return {node: 1.0}, 0.0
             self.fail(node.line, f"undeclared variable or bad number {node!r}")
@@ -253,9 +256,7 @@ def _simple_lines(r: _Reader, text: str) -> tuple[str, list]:
             r.declare_name(m[1], lineno)
             code = ""
         elif depth == 0 and (m := _BOUND_LINE.fullmatch(code)):
-            value = float(m[3])
-            if not np.isfinite(value):
-                r.fail(lineno, f"number {m[3]} is out of range")
+            value = r.number(m[3], lineno)
             atoms.append((lineno, {m[2]: 1.0}, -value) if m[1][0] == "<" else (lineno, {m[2]: -1.0}, value))
             code = ""
         else:
@@ -284,8 +285,9 @@ def _parse(path: Path) -> Property:
             raise VnnlibError(f"{path}: {kind} variables must be declared as {kind}_0 .. {kind}_n-1 (found {len(idx)})")
         sizes[kind] = len(idx)
     for line, coef, _ in bounds:
-        if next(iter(coef)) not in r.decl:
-            r.fail(line, f"undeclared variable or bad number {next(iter(coef))!r}")
+        (name,) = coef
+        if name not in r.decl:
+            r.fail(line, f"undeclared variable or bad number {name!r}")
     if not asserts and not bounds:
         raise VnnlibError(f"{path}: no assert")
     terms = [[]]
