@@ -129,8 +129,8 @@ class SShape:
     def forward(self, x):
         return torch.sigmoid(x) if self.kind == "Sigmoid" else torch.tanh(x)
 
-    def slope(self, x):
-        y = self.forward(x)
+    def slope_at_value(self, y):
+        """The derivative where the function's value is ``y``."""
         return y * (1 - y) if self.kind == "Sigmoid" else 1 - y * y
 
 

@@ -87,8 +87,9 @@ def _maxpool_back(op: MaxPool, A: torch.Tensor, relaxation, in_shape):
 def _sshape_relaxation(op: SShape, l: torch.Tensor, u: torch.Tensor):
     """``(s, low_icpt, up_icpt)``, ``(B, 1, *shape)`` each: ``s x + low_icpt <= f(x) <= s x + up_icpt``
     on ``[l, u]`` (see the module docstring)."""
-    s = torch.minimum(op.slope(l), op.slope(u))
-    return tuple(t.unsqueeze(1) for t in (s, op.forward(l) - s * l, op.forward(u) - s * u))
+    fl, fu = op.forward(l), op.forward(u)
+    s = torch.minimum(op.slope_at_value(fl), op.slope_at_value(fu))
+    return tuple(t.unsqueeze(1) for t in (s, fl - s * l, fu - s * u))
 
 
 def _relax_node(dag: Dag, i: int, bounds: Bounds):
@@ -133,10 +134,10 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
         if A is None:
             continue
         n = dag.nodes[i]
+        if rounding is not None and i in rounding:  # an affine op's or an S-shape's float32 error
+            bias = bias - (A.abs() * rounding[i].unsqueeze(1)).flatten(2).sum(-1)
         if isinstance(n.op, Affine):
             bias = bias + n.op.bias_term(A)
-            if rounding is not None and i in rounding:
-                bias = bias - (A.abs() * rounding[i].unsqueeze(1)).flatten(2).sum(-1)
             ins = n.op.back(A, [dag.nodes[j].shape for j in n.inputs])
         elif isinstance(n.op, Relu):
             up, icpt, low, unstable = relaxed[i]
@@ -152,8 +153,6 @@ def backward(dag: Dag, lower, upper, C: torch.Tensor, bounds: Bounds, target: in
         elif isinstance(n.op, SShape):
             s, low_icpt, up_icpt = relaxed[i]
             bias = bias + (A.clamp(min=0) * low_icpt + A.clamp(max=0) * up_icpt).flatten(2).sum(-1)
-            if rounding is not None and i in rounding:
-                bias = bias - (A.abs() * rounding[i].unsqueeze(1)).flatten(2).sum(-1)
             ins = [A * s]
         else:
             x, b = _maxpool_back(n.op, A, relaxed[i], dag.nodes[n.inputs[0]].shape)
@@ -195,11 +194,16 @@ def _tighten(dag: Dag, lower, upper, bounds: Bounds, i: int, relaxed: dict, only
 
 
 def _rounding(dag: Dag, i: int, bounds: Bounds):
-    """The float32 rounding bound at affine node ``i``'s output given its inputs' ``bounds`` (None:
-    the op only moves data)."""
+    """The float32 error bound at node ``i``'s output given the ``bounds`` up to it: an affine op's
+    rounding, onnxruntime's approximation of a Sigmoid / Tanh; None for ReLU, MaxPool (exact) and
+    an op that only moves data."""
     from .float_error import EXTRA, TINY, gamma
 
     n = dag.nodes[i]
+    if isinstance(n.op, SShape):
+        return torch.full_like(bounds[i][0], SSHAPE_ERROR[n.op.kind])
+    if not isinstance(n.op, Affine):
+        return None
     terms = n.op.terms
     if terms is None:  # unknown: every input element
         terms = sum(math.prod(dag.nodes[j].shape) for j in n.inputs)
@@ -233,11 +237,8 @@ def intermediate_bounds(dag: Dag, lower: torch.Tensor, upper: torch.Tensor, dead
     for i in range(1, len(dag.nodes)):
         n = dag.nodes[i]
         bounds.append(_ibp_node(dag, i, bounds))
-        if rounding is not None and isinstance(n.op, Affine) and (r := _rounding(dag, i, bounds)) is not None:
+        if rounding is not None and (r := _rounding(dag, i, bounds)) is not None:
             rounding[i] = r
-            bounds[i] = (bounds[i][0] - r, bounds[i][1] + r)
-        if rounding is not None and isinstance(n.op, SShape):  # onnxruntime's approximation of f
-            rounding[i] = r = torch.full_like(bounds[i][0], SSHAPE_ERROR[n.op.kind])
             bounds[i] = (bounds[i][0] - r, bounds[i][1] + r)
         if isinstance(n.op, NONLINEAR):
             relaxed[i] = _relax_node(dag, i, bounds)
@@ -354,7 +355,7 @@ def float32_error(dag: Dag, bounds: Bounds, rows: torch.Tensor) -> torch.Tensor:
 def _sshape_gain(op: SShape, input_bounds, err):
     """The largest slope of ``op`` over its float32 input's range ``[l - err, u + err]``."""
     l, u = input_bounds
-    return op.slope(torch.minimum(torch.maximum(torch.zeros_like(l), l - err), u + err))
+    return op.slope_at_value(op.forward(torch.minimum(torch.maximum(torch.zeros_like(l), l - err), u + err)))
 
 
 class ReluView:
