@@ -51,3 +51,28 @@ def test_big_m_rows_tolerate_bounds_rounded_too_tight():
     # violated where -1000 relu(x) <= -1000, i.e. only at x = 1
     status, x, lb = milp_clause(layers, -torch.ones(1), torch.ones(1), bounds, np.array([[1.0]]), np.array([-1000.0]), 10)
     assert status == "sat" and abs(float(x[0]) - 1.0) < 1e-6, (status, lb)
+
+
+def test_rounding_slack_is_taken_as_worst_case():
+    """y = relu(x) on x = 1 with the property y >= 1.0005 violated nowhere exactly (margin 5e-4), but a
+    rounding slack of 1e-3 on the output layer (or 2e-3 on the hidden one) lets y drop by that much: the
+    MILP, IBP and CROWN over the slack all find that margin, and without slack all prove it."""
+    from vsbench.bounds.ibp import ibp_spec
+
+    one = torch.ones(1, 1, dtype=torch.float64)
+    layers = [(one.clone(), torch.zeros(1, dtype=torch.float64)), (one.clone(), torch.zeros(1, dtype=torch.float64))]
+    C, rhs = np.array([[-1.0]]), np.array([-1.0005])
+    z, d = torch.zeros(1, dtype=torch.float64), torch.full((1,), 1e-3, dtype=torch.float64)
+    for slack, proven in [(None, True), ([z, d], False), ([2 * d, z], False)]:
+        g = Graph.from_dense(layers, slack=slack)
+        bounds = crown_bounds(g, one, one)
+        status, _, lb = milp_clause(layers, one[0], one[0], [(l[0], u[0]) for l, u in bounds[:-1]], C, rhs, 10,
+                                    slack=slack)
+        margins = [lb, float(crown_spec(g, one, one, torch.as_tensor(C)[None])[0, 0] - rhs[0]),
+                   float(ibp_spec(g, one, one, torch.as_tensor(C)[None])[0, 0] - rhs[0])]
+        assert (status == "unsat") == proven, (slack, status)
+        if proven:  # (an infeasible MILP reports its threshold as the bound)
+            assert all(m > 1e-6 for m in margins[1:]), margins
+        else:
+            worst = 5e-4 - float(sum(r.max() for r in slack))  # the largest drop of y
+            assert all(m == pytest.approx(worst, abs=1e-9) for m in margins), margins

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vsbench.bounds.float_error import ChainError, row_error
 from vsbench.bounds.forward import forward_bounds
+from vsbench.bounds.graph import Graph
 from vsbench.bounds.onnx_ops import load_onnx
 from vsbench.onnx_io import confirm_counterexample, round_inside, run_onnx
 from vsbench.spec.api import Deadline, Instance, Property, Region, Verdict
@@ -120,6 +121,49 @@ def test_per_box_float32_error_bound_holds_in_onnxruntime(tmp_path, case):
     assert worst > 0  # onnxruntime did round: the comparison is not vacuous
 
 
+@pytest.mark.parametrize("seed,float32_bounds", [(0, False), (1, False), (2, True), (3, True)])
+def test_layer_rounding_holds_in_onnxruntime(tmp_path, seed, float32_bounds):
+    """:meth:`ChainError.layer_rounding` (the slack the dense path and the input split give each
+    layer), from no bounds or (``float32_bounds``) from the forward bounds of the network with that
+    slack: every float32 pre-activation onnxruntime computes is within it of the layer's exact map of
+    onnxruntime's own float32 activation before it (numpy float64 arithmetic on the float32 weights)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    widths = [int(rng.integers(20, 300))] + [int(rng.integers(10, 200)) for _ in range(rng.integers(1, 4))] + [5]
+    path = _random_mlp(tmp_path / "m.onnx", rng, widths, normalise=seed % 2 == 1)
+    centre = rng.uniform(0, 1, widths[0])
+    lo, hi = centre - 0.05, centre + 0.05
+    chain = ChainError(path)
+    blo, bhi = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+    slack = chain.layer_rounding(blo, bhi)
+    if float32_bounds:
+        dense = dense_path(load_onnx(path)).to(torch.float64).dense_layers()
+        inter = forward_bounds(Graph.from_dense(dense, slack=slack), blo, bhi)
+        tight = chain.layer_rounding(blo, bhi, inter, float32_bounds=True)
+        slack = tight
+    slack = [r[0].numpy() for r in slack]
+    m = onnx.load(str(path))
+    names = [f"z{k}" for k in range(len(widths) - 2)] + ["y"]
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names[:-1])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    c = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
+    worst = 0.0
+    for x in rng.uniform(lo, hi, size=(200, widths[0])):
+        x32 = round_inside(x, lo, hi).astype(np.float32)
+        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x32[None]})))
+        a = x32.astype(np.float64)
+        if seed % 2:  # the first layer's exact map includes the Sub / Div normalisation
+            a = (a - c["mean"]) / c["std"]
+        for k, n in enumerate(names):
+            W = c[f"W{k}"] if n != "y" else c[f"W{k}"].T
+            gap = np.abs(out[n].astype(np.float64).ravel() - (W @ a + c[f"b{k}"]))
+            assert np.all(gap <= slack[k]), (k, (gap - slack[k]).max())
+            worst = max(worst, float((gap / slack[k]).max()))
+            a = np.maximum(out[n].astype(np.float64).ravel(), 0.0)
+    assert worst > 0  # onnxruntime did round: the comparison is not vacuous
+
+
 def test_margin_below_float32_error_is_not_unsat(tmp_path):
     """Y_0 is a 64-term sum near 100 on one input point; the property 'Y_0 >= exact + 1e-5' has an exact
     margin of 1e-5 (> TAU, so a float64 verifier says unsat) but float32 rounding is larger."""
@@ -138,7 +182,7 @@ def test_margin_below_float32_error_is_not_unsat(tmp_path):
     assert bound > 1e-5
     v = BuiltinVerifier().verify(Instance(path, vnnlib, 10), 10)
     assert v.status != "unsat", v.log
-    assert "float32 error bound" in v.log
+    assert "float32 rounding bound" in v.log
 
 
 def test_nan_weights_are_an_error(tmp_path):

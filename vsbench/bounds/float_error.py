@@ -247,21 +247,50 @@ class ChainError:
         output as onnxruntime computes it in float32, ``y`` the exact one). ``relu_bounds``: optional
         sound ``(l, u)`` (``(B, n_k)`` each) of the exact input of each ReLU over each box, in order
         (e.g. CROWN's), tightening the interval bounds this walk computes."""
+        steps, _ = self._walk(lower, upper, relu_bounds)
+        B = len(lower)
+        rows = rows.to(torch.float64).reshape(-1, self.n_out).expand(B, -1, -1)
+        return _error(steps, rows, rows.shape[1], B)
+
+    def layer_rounding(self, lower: torch.Tensor, upper: torch.Tensor, relu_bounds=None,
+                       float32_bounds: bool = False) -> list[torch.Tensor]:
+        """Per ReLU, then for the output: ``(B, n_k)`` bounds ``r`` on the rounding of the affine ops
+        between the previous ReLU and this one, as seen at this one's input: the float32 pre-activation
+        is ``z^ = L(a^) + d`` with ``|d| <= r``, ``L`` those ops in exact arithmetic and ``a^`` the
+        float32 activation they read. Bound engines that widen each layer's bias by ``r`` bound the
+        float32 model itself. Same arguments as :meth:`__call__`; with ``float32_bounds`` the
+        ``relu_bounds`` bound the float32 pre-activations ``z^`` (e.g. such engines' own bounds), and
+        no error needs carrying from layer to layer (cheaper and tighter)."""
+        return self._walk(lower, upper, relu_bounds, float32_bounds)[1]
+
+    def _walk(self, lower, upper, relu_bounds, float32_bounds=False):
+        """The forward interval walk over the boxes: the backward :class:`_Step` list and
+        :meth:`layer_rounding`'s per-layer roundings (``float32_bounds``: see there; the steps are then
+        not for :func:`_backward`)."""
         B = len(lower)
         lo = lower.to(torch.float64).reshape(B, *self.in_shape[1:])
         hi = upper.to(torch.float64).reshape(B, *self.in_shape[1:])
         err = torch.zeros_like(lo)
+        layer = torch.zeros_like(lo)  # rounding since the last ReLU, at the current op's output
         steps: list[_Step] = []
+        layers: list[torch.Tensor] = []
         k = 0
         for op in self.ops:
-            mag = torch.maximum(lo.abs(), hi.abs()) + err  # of the float32 input
+            mag = torch.maximum(lo.abs(), hi.abs()) + (layer if float32_bounds else err)  # of the float32 input
             if isinstance(op, tuple):
-                lo, hi, err = (t.reshape(B, *op[1:]) for t in (lo, hi, err))
+                lo, hi, err, layer = (t.reshape(B, *op[1:]) for t in (lo, hi, err, layer))
             elif op == "relu":
-                if relu_bounds is not None:  # tighter bounds of the exact pre-activation
+                if float32_bounds:  # lo, hi: the exact map of the float32 input; z^ is within ``layer``
+                    lo, hi = lo - layer, hi + layer
+                if relu_bounds is not None:  # tighter bounds of the pre-activation
                     l, u = (b.to(torch.float64).reshape(lo.shape) for b in relu_bounds[k])
                     lo, hi = torch.maximum(lo, l), torch.minimum(hi, u)
                 k += 1
+                layers.append(layer.flatten(1))
+                layer = torch.zeros_like(layer)
+                if float32_bounds:  # lo, hi bound the float32 values: nothing to carry
+                    lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+                    continue
                 err = self._refine(steps, lo, hi, err)
                 steps.append(_Step(d_lo=((lo - err) > 0).flatten(1), d_hi=((hi + err) > 0).flatten(1)))
                 lo, hi, err = lo.clamp(min=0), hi.clamp(min=0), torch.where(hi + err > 0, err, 0.0)
@@ -270,7 +299,7 @@ class ChainError:
                 rad = op.fn_abs((hi - lo) / 2)
                 r = gamma(op.terms + 1 + EXTRA) * (op.fn_abs(mag) + op.bias.abs()) + op.tiny
                 steps.append(_Step(op.back, op.back_abs, r.flatten(1)))
-                lo, hi, err = mid - rad, mid + rad, op.fn_abs(err) + r
+                lo, hi, err, layer = mid - rad, mid + rad, op.fn_abs(err) + r, op.fn_abs(layer) + r
             else:
                 a = op.a
                 ends = (a * lo + op.shift, a * hi + op.shift)
@@ -278,9 +307,9 @@ class ChainError:
                 r = op.k * (a.abs() * (mag + op.extra) + op.const) + TINY
                 a_flat = a.flatten()
                 steps.append(_Step(lambda v, a=a_flat: v * a, lambda v, a=a_flat: v * a.abs(), r.flatten(1)))
-                err = a.abs() * err + r
-        rows = rows.to(torch.float64).reshape(-1, self.n_out).expand(B, -1, -1)
-        return _error(steps, rows, rows.shape[1], B)
+                err, layer = a.abs() * err + r, a.abs() * layer + r
+        layers.append(layer.flatten(1))
+        return steps, layers
 
     @staticmethod
     def _refine(steps: list[_Step], lo, hi, err):
@@ -338,3 +367,19 @@ def dag_row_error(dag, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray, n
     if not torch.isfinite(err).all():
         raise ValueError("the float32 error bound is not finite (non-finite weights?)")
     return err.numpy()
+
+
+def layer_slack(error: ChainError, dense: list, lower: torch.Tensor, upper: torch.Tensor) -> list | None:
+    """Per layer of the chain ``dense`` (``[(W, b), ...]``, the merged affine layers of ``error``'s
+    model), its :meth:`ChainError.layer_rounding` over the box ``(1, n_in)`` from the exact network's
+    CROWN bounds, each ``(n_k,)``: the slack (:meth:`~vsbench.bounds.graph.Graph.from_dense`) with
+    which the bound engines, BaB and the MILP bound the float32 model itself; None when the ONNX ops
+    do not line up with the layers."""
+    from vsbench.bounds.crown import crown_bounds
+    from vsbench.bounds.graph import Graph
+
+    relu_bounds = crown_bounds(Graph.from_dense(dense), lower, upper)[:-1]
+    slack = [r[0] for r in error.layer_rounding(lower, upper, relu_bounds)]
+    if [len(r) for r in slack] != [len(b) for _, b in dense]:
+        return None
+    return slack

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from .crown import Bounds, relax
-from .graph import Graft, Graph, ReLU
+from .graph import Graft, Graph, Linear, ReLU
 
 
 def _concretize(coef: torch.Tensor, const: torch.Tensor, mid: torch.Tensor, rad: torch.Tensor):
@@ -51,6 +51,8 @@ def forward_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor,
             lo_coef, up_coef = m_coef - r_coef, m_coef + r_coef
             lo_const, up_const = m_const - r_const, m_const + r_const
             c, r = op.forward((a_hi + a_lo) / 2), op.abs_forward((a_hi - a_lo) / 2)
+            if isinstance(op, Linear) and op.slack is not None:  # the layer's output within its slack
+                lo_const, up_const, r = lo_const - op.slack, up_const + op.slack, r + op.slack
             a_lo, a_hi = c - r, c + r
             head.append(op)
             continue

@@ -34,8 +34,14 @@ class UnsupportedModel(ValueError):
 
 @dataclass
 class Linear:
+    """``W x + b``; with ``slack`` ``r`` (``(n_out,)``, or ``(B, n_out)`` per box) the output may be off
+    by up to ``r`` per neuron, as a float32 layer's rounding is: :func:`~vsbench.bounds.ibp.ibp_bounds`
+    widens the output by ``r`` and :meth:`bias_term` takes the worst case, so every bound engine bounds
+    each value within the slack (``forward`` stays exact)."""
+
     weight: torch.Tensor  # (n_out, n_in)
     bias: torch.Tensor  # (n_out,)
+    slack: torch.Tensor | None = None
 
     @property
     def n_in(self) -> int:
@@ -55,13 +61,19 @@ class Linear:
         return A @ self.weight
 
     def bias_term(self, A):
-        return A @ self.bias
+        if self.slack is None:
+            return A @ self.bias
+        slack = self.slack if self.slack.ndim == 1 else self.slack.unsqueeze(1)  # per box: broadcast over specs
+        return A @ self.bias - (A.abs() * slack).sum(-1)
 
     def dense(self):
+        if self.slack is not None:
+            raise UnsupportedModel("a layer with rounding slack has no exact dense form")
         return self.weight, self.bias
 
     def to(self, dtype):
-        return Linear(self.weight.detach().to(dtype), self.bias.detach().to(dtype))
+        slack = None if self.slack is None else self.slack.detach().to(dtype)
+        return Linear(self.weight.detach().to(dtype), self.bias.detach().to(dtype), slack)
 
 
 @dataclass
@@ -301,12 +313,14 @@ class Graph:
         return total + n_in * n_out
 
     @staticmethod
-    def from_dense(layers: list[tuple[torch.Tensor, torch.Tensor]], in_shape=None) -> "Graph":
+    def from_dense(layers: list[tuple[torch.Tensor, torch.Tensor]], in_shape=None, slack=None) -> "Graph":
+        """The chain ``layers`` = ``[(W, b), ...]`` with a ReLU between; ``slack``: optional per-layer
+        :class:`Linear` slack (one entry per layer, None for none)."""
         ops: list = []
         for i, (W, b) in enumerate(layers):
             if i:
                 ops.append(ReLU())
-            ops.append(Linear(W, b))
+            ops.append(Linear(W, b, None if slack is None else slack[i]))
         return Graph(ops, tuple(in_shape) if in_shape else (layers[0][0].shape[1],))
 
 

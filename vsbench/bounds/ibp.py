@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .graph import AFFINE, Graft, Graph, ReLU
+from .graph import AFFINE, Graft, Graph, Linear, ReLU
 
 
 def ibp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -21,6 +21,8 @@ def ibp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> list[t
             lo, hi = op.interval(lo, hi) if isinstance(op, Graft) else (lo.clamp(min=0), hi.clamp(min=0))
         elif isinstance(op, AFFINE):
             mid, rad = op.forward((hi + lo) / 2), op.abs_forward((hi - lo) / 2)
+            if isinstance(op, Linear) and op.slack is not None:
+                rad = rad + op.slack
             lo, hi = mid - rad, mid + rad
     out.append((lo, hi))
     return out
@@ -41,4 +43,6 @@ def ibp_spec(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Te
     # of these shapes cost ~3x more per training step on a CPU
     center = (C * op.forward(mid).unsqueeze(-2)).sum(-1)
     radius = (op.back(C).abs() * rad.unsqueeze(-2)).sum(-1)
+    if isinstance(op, Linear) and op.slack is not None:
+        radius = radius + (C.abs() * (op.slack if op.slack.ndim == 1 else op.slack.unsqueeze(-2))).sum(-1)
     return center - radius

@@ -23,7 +23,7 @@ from .graph import Graph
 MAX_DOMAINS = 4096  # patterns x neurons bounded per beta-CROWN batch
 
 
-def _refine_layer(layers, lower, upper, bounds: Bounds, k: int, K: int, iters: int, deadline):
+def _refine_layer(layers, lower, upper, bounds: Bounds, k: int, K: int, iters: int, deadline, slack):
     """The bounds of ReLU ``k``'s input, its unstable neurons tightened (see the module docstring)."""
     l, u = bounds[k][0][0], bounds[k][1][0]
     js = torch.nonzero((l < 0) & (u > 0)).flatten()
@@ -31,7 +31,7 @@ def _refine_layer(layers, lower, upper, bounds: Bounds, k: int, K: int, iters: i
     K = min(K, int((gaps > 0).sum()))
     if not len(js) or not K:
         return bounds[k]
-    head = Graph.from_dense(layers[: k + 1])
+    head = Graph.from_dense(layers[: k + 1], slack=None if slack is None else slack[: k + 1])
     n_k = layers[k][0].shape[0]
     eye = torch.zeros(1, len(js), n_k, dtype=l.dtype)
     eye[0, torch.arange(len(js)), js] = 1.0
@@ -65,11 +65,12 @@ def _refine_layer(layers, lower, upper, bounds: Bounds, k: int, K: int, iters: i
 
 
 def split_refine(layers, lower: torch.Tensor, upper: torch.Tensor, bounds: Bounds, K: int = 4,
-                 iters: int = 20, deadline=None) -> Bounds:
+                 iters: int = 20, deadline=None, slack=None) -> Bounds:
     """``bounds`` (pre-ReLU ``(l, u)``, each ``(1, n_k)``, of the network ``layers`` =
     ``[(W, b), ...]`` over the box ``lower``/``upper`` ``(1, n_in)``) tightened layer by layer from
-    the second ReLU on, each layer using the tightened earlier ones. Never looser than ``bounds``."""
+    the second ReLU on, each layer using the tightened earlier ones. Never looser than ``bounds``.
+    ``slack``: per-layer rounding slack (see :meth:`~vsbench.bounds.graph.Graph.from_dense`)."""
     out = list(bounds)
     for k in range(1, len(out)):
-        out[k] = _refine_layer(layers, lower, upper, out, k, K, iters, deadline)
+        out[k] = _refine_layer(layers, lower, upper, out, k, K, iters, deadline, slack)
     return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..bounds.crown import crown_bounds, crown_spec
 from ..bounds import dag_bounds
 from ..bounds.dag import Dag
 from ..bounds.dag_bounds import ReluView
-from ..bounds.float_error import ChainError, dag_row_error, row_error
+from ..bounds.float_error import ChainError, dag_row_error, layer_slack, row_error
 from ..bounds.graph import Graph, UnsupportedModel
 from ..bounds.onnx_ops import load_onnx
 from ..bounds.refine import split_refine
@@ -43,35 +42,41 @@ DENSE_LIMIT = 20_000_000  # chain nets with at most this many dense-matrix entri
 # --------------------------------------------------------------------------- simplification
 
 
-def simplify(layers, lower: torch.Tensor, upper: torch.Tensor):
+def simplify(layers, lower: torch.Tensor, upper: torch.Tensor, slack=None):
     """Drop unused inputs, dead or constant neurons and neurons nothing reads (exactly equivalent).
 
-    ``lower``/``upper`` are ``(1, n_in)``. Returns ``(layers, keep, bounds, full)``: the smaller
-    layers, the kept input columns, CROWN bounds (layout of ``crown_bounds``) of the smaller network,
-    and per hidden layer ``(l, u, kept)``: the full layer's CROWN bounds ``(1, n)`` and the indices
-    of the neurons kept (in the smaller layer's order).
+    ``lower``/``upper`` are ``(1, n_in)``; ``slack``: optional per-layer rounding slack (each ``(n_k,)``,
+    see :meth:`Graph.from_dense`). Returns ``(layers, keep, bounds, slack)``: the smaller layers, the
+    kept input columns, CROWN bounds (layout of ``crown_bounds``) of the smaller network and its
+    slack (None without one).
     """
     keep = torch.nonzero(layers[0][0].abs().sum(0) > 0).flatten()
     if len(keep) == 0:
         keep = torch.arange(1)
     layers = [(layers[0][0][:, keep], layers[0][1])] + list(layers[1:])
-    bounds = crown_bounds(Graph.from_dense(layers), lower[:, keep], upper[:, keep])
-    out, full = [], []
+    slack = None if slack is None else list(slack)
+    bounds = crown_bounds(Graph.from_dense(layers, slack=slack), lower[:, keep], upper[:, keep])
+    out, out_slack = [], []
     for k in range(len(layers) - 1):
         (W, b), (Wn, bn) = layers[k], layers[k + 1]
+        r = torch.zeros_like(b) if slack is None else slack[k]
         l, u = bounds[k][0][0], bounds[k][1][0]
-        const = W.abs().sum(1) == 0  # pre-activation is b: fold relu(b) into the next bias
-        bn = bn + Wn[:, const] @ b[const].clamp(min=0)
+        const = W.abs().sum(1) == 0  # pre-activation is b (within r): fold relu of it into the next bias
+        lo, hi = (b - r)[const].clamp(min=0), (b + r)[const].clamp(min=0)
+        bn = bn + Wn[:, const] @ ((lo + hi) / 2)
+        if slack is not None:
+            slack[k + 1] = slack[k + 1] + Wn[:, const].abs() @ ((hi - lo) / 2)
         alive = ~((u <= 0) | const | (Wn.abs().sum(0) == 0))
-        full.append((l[None], u[None], torch.nonzero(alive).flatten()))
         if not alive.any():  # keep one dead neuron so every layer has a width
-            W, b, Wn, l, u = W[:1] * 0, b[:1] * 0, Wn[:, :1] * 0, l[:1] * 0, u[:1] * 0
+            W, b, r, Wn, l, u = W[:1] * 0, b[:1] * 0, r[:1] * 0, Wn[:, :1] * 0, l[:1] * 0, u[:1] * 0
             alive = torch.ones(1, dtype=torch.bool)
         out.append((W[alive], b[alive]))
+        out_slack.append(r[alive])
         bounds[k] = (l[alive][None], u[alive][None])
         layers[k + 1] = (Wn[:, alive], bn)
     out.append(layers[-1])
-    return out, keep, bounds, full
+    out_slack.append(torch.zeros_like(layers[-1][1]) if slack is None else slack[-1])
+    return out, keep, bounds, (None if slack is None else out_slack)
 
 
 # --------------------------------------------------------------------------- counterexamples
@@ -115,26 +120,6 @@ def float32_region(graph: Graph | Dag, region: Region, onnx_path) -> tuple[Regio
     return Region(region.lower, region.upper, clauses), float(err.max(initial=0.0))
 
 
-def _domain_error(error: ChainError, full: list, lower: torch.Tensor, upper: torch.Tensor) -> Callable:
-    """``(bounds, rows) -> (n, R)``: the float32 error bound of each row over each of ``n`` BaB domains
-    of the region ``[lower, upper]``, from the domains' pre-ReLU ``bounds`` of the simplified layers
-    (``(n, n_kept)`` each), mapped onto the full layers (``full`` from :func:`simplify`; dropped
-    neurons keep the region's bounds)."""
-
-    def bound(bounds, rows):
-        n = len(bounds[0][0])
-        relu_bounds = []
-        for (l, u), (lf, uf, kept) in zip(bounds, full):
-            lf, uf = lf.expand(n, -1).clone(), uf.expand(n, -1).clone()
-            if len(kept):
-                lf[:, kept] = torch.maximum(lf[:, kept], l)
-                uf[:, kept] = torch.minimum(uf[:, kept], u)
-            relu_bounds.append((lf, uf))
-        return error(lower.expand(n, -1), upper.expand(n, -1), rows, relu_bounds)
-
-    return bound
-
-
 def _raised(graph: Graph, region: Region, onnx_path, log) -> Region:
     """:func:`float32_region`, logged."""
     region, err = float32_region(graph, region, onnx_path)
@@ -154,18 +139,18 @@ class _Region:
     hi: torch.Tensor
     bounds: list  # pre-ReLU (l, u), each (1, n_k)
     graph: Graph | ReluView | None = None  # None: the graph of ``layers``
-    error: Callable | None = None  # (domain bounds, rows) -> per-domain float32 error (:func:`_domain_error`)
+    slack: list | None = None  # per-layer float32 rounding of ``layers`` (see :meth:`Graph.from_dense`)
 
     def __post_init__(self):
         if self.graph is None:
-            self.graph = Graph.from_dense(self.layers)
+            self.graph = Graph.from_dense(self.layers, slack=self.slack)
 
     def milp(self, C, rhs, time_limit: float, check, stop=None):
         """The exact MILP of one clause over the region: ``(status, lb, cex)``, ``cex`` the confirmed
         counterexample of a ``sat`` (None when ``check`` rejects its point); ``unknown`` on the DAG path."""
         if self.layers is None:
             return "unknown", -float("inf"), None
-        st, x, lb = milp_clause(self.layers, self.lo[0], self.hi[0], self.bounds, C, rhs, time_limit, stop)
+        st, x, lb = milp_clause(self.layers, self.lo[0], self.hi[0], self.bounds, C, rhs, time_limit, stop, self.slack)
         return st, lb, (check(self.region, self.full_x(x)) if st == "sat" else None)
 
     def full_x(self, x_kept) -> np.ndarray:
@@ -194,7 +179,7 @@ def _leaf(p: _Region, bounds, C, rhs, deadline, check) -> bool:
     """Decide a domain with every ReLU fixed by LP: True if infeasible; raises _Found on a cex."""
     if p.layers is None:  # the DAG path has no LP
         return False
-    status, x, _ = milp_clause(p.layers, p.lo[0], p.hi[0], bounds, C, rhs, max(deadline.left(), 0.01))
+    status, x, _ = milp_clause(p.layers, p.lo[0], p.hi[0], bounds, C, rhs, max(deadline.left(), 0.01), slack=p.slack)
     if status == "unsat":
         return True
     if x is not None:
@@ -213,16 +198,12 @@ class _BaB:
     can be called again after a ``timeout`` and continues where it stopped.
     """
 
-    def __init__(self, p: _Region, clauses, full_graph: Graph, cfg: VerifierConfig, raw_rhs=None):
-        """``clauses``: ``(C (R, n_out), rhs (R,), slopes)`` with alpha-CROWN slopes ``(1, R, n_k)``,
-        ``rhs`` raised by the region's float32 error bound; ``raw_rhs``: the clauses' own ``rhs``, for
-        the per-domain error bound ``p.error`` (a domain's margin is the better of the two)."""
-        self.p, self.clauses, self.full_graph, self.cfg, self.raw_rhs = p, clauses, full_graph, cfg, raw_rhs
+    def __init__(self, p: _Region, clauses, full_graph: Graph, cfg: VerifierConfig):
+        """``clauses``: ``(C (R, n_out), rhs (R,), slopes)`` with alpha-CROWN slopes ``(1, R, n_k)``."""
+        self.p, self.clauses, self.full_graph, self.cfg = p, clauses, full_graph, cfg
         n = len(clauses)
         self.Ct = torch.stack([torch.as_tensor(C, dtype=torch.float64) for C, _, _ in clauses])
         self.rt = torch.stack([torch.as_tensor(r, dtype=torch.float64) for _, r, _ in clauses])
-        if raw_rhs is not None:
-            self.rt_raw = torch.stack([torch.as_tensor(r, dtype=torch.float64) for r in raw_rhs])
         self.owner = torch.arange(n)
         self.bounds = [(l.expand(n, -1).clone(), u.expand(n, -1).clone()) for l, u in p.bounds]
         self.splits = [torch.zeros_like(l) for l, _ in self.bounds]
@@ -250,13 +231,7 @@ class _BaB:
         lb, slopes, betas, lams = beta_spec(p.graph, p.lo.expand(n, -1), p.hi.expand(n, -1), self.Ct[owner],
                                             bounds, splits, slopes, betas, iters, self.cfg.lr_alpha, self.cfg.lr_beta, deadline,
                                             done=lambda lb: (lb - rhs).max(-1).values > TAU)
-        margin = lb - rhs
-        if p.error is not None and self.raw_rhs is not None and (cand := margin.max(-1).values > TAU).any():
-            # the domains about to be proven: the better of the region's and their own float32 error bound
-            err = p.error([(l[cand], u[cand]) for l, u in bounds], self.Ct.flatten(0, 1))
-            err = err.reshape(-1, *self.Ct.shape[:2])[torch.arange(int(cand.sum())), owner[cand]]
-            margin[cand] = torch.maximum(margin[cand], lb[cand] - self.rt_raw[owner[cand]] - err)
-        return margin.max(-1).values, slopes, betas, lams
+        return (lb - rhs).max(-1).values, slopes, betas, lams
 
     def _scores(self, pick) -> torch.Tensor:
         """BaBSR scores ``(len(pick), n_neurons)`` (flat over layers): the bound lost to the upper
@@ -410,23 +385,25 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         return "sat", cex
     if deadline.expired():  # no time left for a bound: stop on time (the runner kills overruns)
         return "timeout", None
-    raw, error = region, None  # on chains: the float32 error per sub-box or domain where the model reads
+    error, slack = None, None  # on chains: the float32 error model and each layer's rounding over the region
     raise_rhs = check.onnx_path is not None and not isinstance(graph, Dag)  # the DAG path bounds float32 itself
+    lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
+    upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
+    dense = None if isinstance(graph, Dag) else graph.dense_layers()
     if raise_rhs:
         try:
             error = ChainError(check.onnx_path)
+            slack = layer_slack(error, dense, lower, upper)
         except UnsupportedModel:  # ONNX ops the chain model lacks: only the whole region's bound
             pass
+    if slack is not None:
+        log.append(f"float32 rounding bound {max(float(r.max()) for r in slack):.1e}")
+    elif raise_rhs:
+        region = _raised(graph, region, check.onnx_path, log)
     if cfg.input_split and input_split.suits(graph, region, cfg):
-        if raise_rhs and error is None:
-            region, raise_rhs = _raised(graph, region, check.onnx_path, log), False
-        st, val = input_split.verify_box(graph, region, deadline, check, log, cfg, error)
+        st, val = input_split.verify_box(graph, region, deadline, check, log, cfg, error, slack)
         if st in ("sat", "unsat") or deadline.expired():
             return st, val
-    if raise_rhs:
-        region = _raised(graph, region, check.onnx_path, log)
-    lower = torch.as_tensor(region.lower, dtype=torch.float64)[None]
-    upper = torch.as_tensor(region.upper, dtype=torch.float64)[None]
     if isinstance(graph, Dag):
         # bounds of the float32 model as onnxruntime runs it: each op's rounding a perturbation
         rounding = {} if check.onnx_path is not None else None
@@ -437,10 +414,8 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         p = _Region(region, None, torch.arange(graph.n_in), lower, upper, view.relu_bounds(node_bounds), view)
         log.append(f"dag: unstable {[int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]}")
     else:
-        layers, keep, bounds, full = simplify(graph.dense_layers(), lower, upper)
-        p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1])
-        if error is not None and raise_rhs:
-            p.error = _domain_error(error, full, lower, upper)
+        layers, keep, bounds, slack = simplify(dense, lower, upper, slack)
+        p = _Region(region, layers, keep, lower[:, keep], upper[:, keep], bounds[:-1], slack=slack)
         widths = [W.shape[0] for W, _ in layers[:-1]]
         log.append(f"simplified hidden widths {widths}, inputs {len(keep)}")
 
@@ -492,7 +467,7 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         pos = np.flatnonzero(np.isin(sel_rows, np.flatnonzero(owner == c)))
         _, C, r = rows[c]
         groups.setdefault(len(r), []).append((c, (C, r, [s[:, pos] for s in row_slopes])))
-    babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph, cfg, [raw.clauses[c][1] for c, _ in g]))
+    babs = [([c for c, _ in g], _BaB(p, [cl for _, cl in g], graph, cfg))
             for g in groups.values()]
 
     def refine(babs, left):
@@ -501,12 +476,12 @@ def _verify_region(graph: Graph | Dag, region: Region, deadline: Deadline, check
         tightened); BaB starts over with them on the clauses still ``left``."""
         t = time.monotonic()
         share = Deadline(deadline.left() * cfg.refine_time_fraction)
-        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, cfg.refine_splits, deadline=share)
+        p.bounds = split_refine(p.layers, p.lo, p.hi, p.bounds, cfg.refine_splits, deadline=share, slack=p.slack)
         unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in p.bounds]
         log.append(f"refine: {time.monotonic() - t:.1f} s, unstable {unstable}")
         out = []
         for cs, bab in babs:
-            fresh = _BaB(p, bab.clauses, graph, cfg, bab.raw_rhs)
+            fresh = _BaB(p, bab.clauses, graph, cfg)
             fresh.drop([i for i, c in enumerate(cs) if c not in left])
             out.append((cs, fresh))
         return out

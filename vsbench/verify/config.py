@@ -51,7 +51,7 @@ class VerifierConfig(BaseModel):
     input_split: bool = Field(True, description="split the input box instead of ReLUs on low-dimensional inputs")
     input_split_max_dim: int = Field(8, ge=1, description="input split only with at most this many free inputs")
     input_split_batch: int = Field(4096, ge=2, description="sub-boxes bounded per step")
-    input_split_alpha_iters: int = Field(0, ge=0, description="alpha-CROWN steps per sub-box batch (0: CROWN)")
+    input_split_alpha_iters: int = Field(10, ge=0, description="alpha-CROWN steps per sub-box batch (0: CROWN)")
     input_split_pgd_every: int = Field(10, ge=1, description="PGD from the worst sub-boxes every this many steps")
     input_split_max_boxes: int = Field(5_000_000, ge=1, description="input split gives up above this many boxes")
     # the batched fast path over all properties of one model

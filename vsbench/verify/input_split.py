@@ -76,14 +76,15 @@ class _Rows:
 
 
 def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg: VerifierConfig,
-               error: ChainError | None = None):
+               error: ChainError | None = None, slack: list | None = None):
     """Input-split BaB over ``region``: ``("sat", x)`` with a point ``check`` confirmed,
     ``("unsat", margin)`` when every sub-box is proven (``margin`` the lowest clause bound that
     proved one; ``TAU`` for a clause proven by clipping its box to nothing), else
-    ``("timeout" | "unknown", lowest open bound)``. ``error``: the float32 error model of the ONNX
-    file; a row's margin then counts only above a bound on its float32 error over the box: the whole
-    region's, or where that is not enough, the sub-box's own (computed for the sub-boxes about to be
-    proven, and inherited by their children)."""
+    ``("timeout" | "unknown", lowest open bound)``. ``error``, ``slack``: the float32 error model of
+    the ONNX file and its :func:`~vsbench.bounds.float_error.layer_slack` over the region (for the
+    merged layers of ``graph``); the bounds then take each layer's float32 rounding as slack (the
+    region's at first, then each sub-box's own from its bounds, inherited by its children), so they
+    bound the float32 model itself."""
     g = _dense(graph.to(torch.float64))
     rows = _Rows(region)
     n_cl = len(rows.spans)
@@ -92,8 +93,9 @@ def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg
     proven = torch.zeros(1, n_cl, dtype=torch.bool)
     box_lb = torch.full((1,), -torch.inf, dtype=torch.float64)  # lowest open clause bound, from the parent
     margin, steps, bounded = torch.inf, 0, 0
+    slack = _Slack(g, error, slack)
+    slacks = slack.region  # (boxes, total width) or None
     try:
-        errs = _region_error(g, lo, hi, rows, error, deadline)[None]  # (boxes, rows) float32 error bounds
         while len(lo):
             if deadline.expired():
                 raise _Expired
@@ -103,40 +105,36 @@ def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg
             steps += 1
             order = box_lb.argsort()
             pick, rest = order[: cfg.input_split_batch], order[cfg.input_split_batch:]
-            blo, bhi, bproven, err = lo[pick], hi[pick], proven[pick], errs[pick]
+            blo, bhi, bproven = lo[pick], hi[pick], proven[pick]
+            bslack = None if slacks is None else slacks[pick]
             bounded += len(pick)
-            row_lb, A, inter, lb1 = _bound_two_stages(g, blo, bhi, rows, err, bproven, cfg, deadline)
-            clause_lb = _proof_margins(row_lb, rows, err, bproven)[0]
-            if error is not None and (cand := ((rows.clause_bounds(row_lb)[0] > TAU) & (clause_lb <= TAU)).any(1)).any():
-                if deadline.expired():
-                    raise _Expired
-                own = error(blo[cand], bhi[cand], rows.C, [(l[cand], u[cand]) for l, u in inter])
-                err = err.clone()
-                err[cand] = torch.minimum(err[cand], own)  # both bound the error: the smaller holds
-                clause_lb = _proof_margins(row_lb, rows, err, bproven)[0]
+            row_lb, A, inter, lb1 = _bound_two_stages(slack.graph(bslack), blo, bhi, rows, bproven, cfg, deadline)
+            bslack = slack.tighten(bslack, blo, bhi, inter)
+            clause_lb = _proof_margins(row_lb, rows, bproven)
             newly = (clause_lb > TAU) & ~bproven
             if newly.any():
                 margin = min(margin, float(clause_lb[newly].min()))
             bproven = bproven | newly
-            blo, bhi, empty = _clip(blo, bhi, row_lb, A, err + TAU, rows, bproven)
+            blo, bhi, empty = _clip(blo, bhi, row_lb, A, TAU, rows, bproven)
             if (empty & ~bproven).any():
                 margin = min(margin, TAU)
             bproven = bproven | empty
             worst_lb, worst = torch.where(bproven, torch.inf, clause_lb).min(1)
             live = ~bproven.all(1)
-            best_row = rows.clause_bounds(row_lb - err)[1]
+            best_row = rows.clause_bounds(row_lb)[1]
             a = A[torch.arange(len(pick)), best_row.gather(1, worst[:, None])[:, 0]]  # the worst open clause's bound
             x = _falsify(g, region, blo[live], bhi[live], a[live], steps, cfg, check, deadline)
             if x is not None:
                 log.append(f"input split: counterexample after {steps} steps, {bounded} boxes bounded")
                 log.stage = "input-split"
                 return "sat", x
-            blo, bhi, bproven, err, lb1, worst_lb, a = (t[live] for t in (blo, bhi, bproven, err, lb1, worst_lb, a))
+            blo, bhi, bproven, lb1, worst_lb, a = (t[live] for t in (blo, bhi, bproven, lb1, worst_lb, a))
+            bslack = None if bslack is None else bslack[live]
             width = bhi - blo
             if len(width) and bool((width.max(1).values < MIN_WIDTH).any()):
                 log.append(f"input split: an open box narrower than {MIN_WIDTH:g} after {steps} steps")
                 return "unknown", float(worst_lb.min())
-            c_lo, c_hi, c_lb = _lookahead(g, blo, bhi, rows, err, bproven, lb1, width * a.abs(), cfg, deadline)
+            c_lo, c_hi, c_lb = _lookahead(slack, bslack, blo, bhi, rows, bproven, lb1, width * a.abs(), cfg, deadline)
             c_proven = bproven.repeat(2, 1) | (c_lb > TAU)
             if (c_lb > TAU).any():
                 margin = min(margin, float(c_lb[c_lb > TAU].min()))
@@ -144,7 +142,8 @@ def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg
             c_lb = torch.maximum(torch.where(c_proven, torch.inf, c_lb).min(1).values, worst_lb.repeat(2))
             lo, hi = torch.cat([lo[rest], c_lo[keep]]), torch.cat([hi[rest], c_hi[keep]])
             proven = torch.cat([proven[rest], c_proven[keep]])
-            errs = torch.cat([errs[rest], err.repeat(2, 1)[keep]])
+            if slacks is not None:
+                slacks = torch.cat([slacks[rest], bslack.repeat(2, 1)[keep]])
             box_lb = torch.cat([box_lb[rest], c_lb[keep]])
     except _Expired:
         log.append(f"input split: timeout after {steps} steps, {bounded} boxes bounded, {len(lo)} open")
@@ -154,13 +153,38 @@ def verify_box(graph: Graph, region: Region, deadline: Deadline, check, log, cfg
     return "unsat", margin
 
 
-def _bound_two_stages(g: Graph, lo, hi, rows: _Rows, err, proven, cfg: VerifierConfig, deadline: Deadline):
+class _Slack:
+    """The float32 rounding slack of the merged layers of ``g``, per sub-box: ``region`` ``(1, total
+    width)``, the whole region's ``slack`` (None without one: the bounds are of the exact model);
+    :meth:`graph` is ``g`` with a batch of boxes' slack, :meth:`tighten` a batch's slack from their
+    own bounds."""
+
+    def __init__(self, g: Graph, error: ChainError | None, slack: list | None):
+        self.g, self.error, self.region = g, error, None
+        if error is not None and slack is not None:
+            self.layers = g.dense_layers()
+            self.region, self.sizes = torch.cat(slack)[None], [len(r) for r in slack]
+
+    def graph(self, slack) -> Graph:
+        if slack is None:
+            return self.g
+        return Graph.from_dense(self.layers, self.g.in_shape, list(slack.split(self.sizes, 1)))
+
+    def tighten(self, slack, lo, hi, inter):
+        """The smaller of each box's ``slack`` and its own over its float32 pre-ReLU bounds ``inter``."""
+        if slack is None:
+            return None
+        own = torch.cat(self.error.layer_rounding(lo, hi, inter, float32_bounds=True), 1)
+        return torch.minimum(slack, own)
+
+
+def _bound_two_stages(g: Graph, lo, hi, rows: _Rows, proven, cfg: VerifierConfig, deadline: Deadline):
     """:func:`_bound` of the boxes, CROWN-tightened (``tighten``) only for the boxes the cheap bound leaves
     an open clause; each row keeps the better of its two bounds (with that bound's coefficients). Also
     returns the cheap bound's clause margins (:func:`_proof_margins`), which :func:`_lookahead` compares
     its children with."""
     row_lb, A, inter = _bound(g, lo, hi, rows, cfg, deadline, tighten=False)
-    lb1 = _proof_margins(row_lb, rows, err, proven)[0]
+    lb1 = _proof_margins(row_lb, rows, proven)
     need = (lb1 <= TAU).any(1)
     if need.any():
         row_lb2, A2, inter2 = _bound(g, lo[need], hi[need], rows, cfg, deadline, tighten=True)
@@ -171,7 +195,8 @@ def _bound_two_stages(g: Graph, lo, hi, rows: _Rows, err, proven, cfg: VerifierC
     return row_lb, A, inter, lb1
 
 
-def _lookahead(g: Graph, lo, hi, rows: _Rows, err, proven, parent_lb, tie, cfg: VerifierConfig, deadline: Deadline):
+def _lookahead(slack: _Slack, box_slack, lo, hi, rows: _Rows, proven, parent_lb, tie, cfg: VerifierConfig,
+               deadline: Deadline):
     """Halve each box along the input whose two halves' cheap bounds (:func:`_bound`, forward linear
     bounds) leave the least shortfall: the sum over both halves and the open clauses of how far each
     clause's margin (never below the parent's ``parent_lb``) stays under zero; ``tie`` ``(B, n_in)``
@@ -180,7 +205,8 @@ def _lookahead(g: Graph, lo, hi, rows: _Rows, err, proven, parent_lb, tie, cfg: 
 
     Looking ahead costs ``2 n_in`` cheap bounds per box, far less than one CROWN-tightened bound, and
     picks far better splits than ``width x |coefficient|`` alone: that score ignores how the halves'
-    relaxations tighten, and on ACAS Xu it kept halving inputs that changed nothing."""
+    relaxations tighten, and on ACAS Xu it kept halving inputs that changed nothing. The halves are
+    bounded with their box's ``box_slack``."""
     B, n = lo.shape
     mid = (lo + hi) / 2
     eye = torch.eye(n, dtype=torch.bool)
@@ -188,16 +214,18 @@ def _lookahead(g: Graph, lo, hi, rows: _Rows, err, proven, parent_lb, tie, cfg: 
     first_hi = torch.where(eye[:, None], mid, hi)
     second_lo = torch.where(eye[:, None], mid, lo)
     margins = []
+    c_slack = None if box_slack is None else box_slack.repeat(n, 1)  # candidate i * B + b: box b's
     for c_lo, c_hi in ((lo.expand(n, B, n), first_hi), (second_lo, hi.expand(n, B, n))):
         parts = []
         for i in range(0, n * B, LOOKAHEAD_CHUNK):
             if deadline.expired():
                 raise _Expired
             sl = slice(i, i + LOOKAHEAD_CHUNK)
+            g = slack.graph(None if c_slack is None else c_slack[sl])
             row_lb = _bound(g, c_lo.reshape(-1, n)[sl], c_hi.reshape(-1, n)[sl], rows, cfg, deadline, tighten=False)[0]
             parts.append(row_lb)
         row_lb = torch.cat(parts) if parts else lo.new_zeros(0, len(rows.C))
-        m = _proof_margins(row_lb, rows, err.repeat(n, 1), proven.repeat(n, 1))[0]
+        m = _proof_margins(row_lb, rows, proven.repeat(n, 1))
         margins.append(torch.maximum(m, parent_lb.repeat(n, 1)).reshape(n, B, len(rows.spans)))
     shortfall = sum(m.clamp(max=0).sum(-1) for m in margins)  # (n, B), <= 0
     scale = tie.max(1, keepdim=True).values.clamp(min=1e-300)
@@ -208,19 +236,9 @@ def _lookahead(g: Graph, lo, hi, rows: _Rows, err, proven, parent_lb, tie, cfg: 
     return c_lo, c_hi, torch.cat([margins[0][dim, rows_b], margins[1][dim, rows_b]])
 
 
-def _region_error(g: Graph, lo, hi, rows: _Rows, error: ChainError | None, deadline: Deadline) -> torch.Tensor:
-    """``(n_rows,)``: each row's float32 error bound over the whole region (zeros without an error model)."""
-    if error is None:
-        return torch.zeros(len(rows.C), dtype=torch.float64)
-    inter = forward_bounds(g, lo, hi, tighten=_crown_unstable(lo, hi, deadline))
-    return error(lo, hi, rows.C, inter)[0]
-
-
-def _proof_margins(row_lb, rows: _Rows, err, proven):
-    """Per clause ``(B, n_cl)``: the best row's margin above its float32 error bound ``err`` (``(B, n_rows)``
-    or ``(n_rows,)``) and that row; ``inf`` for clauses already ``proven``."""
-    vals, best = rows.clause_bounds(row_lb - err)
-    return torch.where(proven, torch.inf, vals), best
+def _proof_margins(row_lb, rows: _Rows, proven):
+    """Per clause ``(B, n_cl)``: the best row's margin; ``inf`` for clauses already ``proven``."""
+    return torch.where(proven, torch.inf, rows.clause_bounds(row_lb)[0])
 
 
 def _clip(lo, hi, row_lb, A, thr, rows: _Rows, proven):
@@ -228,8 +246,8 @@ def _clip(lo, hi, row_lb, A, thr, rows: _Rows, proven):
     which clauses it leaves no such point for (``(B, n_cl)``).
 
     A row's linear bound ``A x + c`` (lowest value ``row_lb`` over the box) is a lower bound of its
-    margin; the float32 model can violate the clause only where every row's margin is at most its
-    float32 error bound, hence only where ``A x + c <= thr`` for every row of the clause. Along one input
+    margin; the clause can be violated only where every row's margin is at most ``thr``, hence only
+    where ``A x + c <= thr`` for every row of the clause. Along one input
     ``i``, with the others at their minimising corner, that bounds ``x_i`` by
     ``corner_i + (thr - row_lb) / A_i``; the box keeps the hull over the open clauses of those bounds."""
     gap = (thr - row_lb).clamp(min=0)  # (B, R); a row above thr proves its clause, handled by proven

@@ -62,20 +62,22 @@ class _Model:
         return h
 
 
-def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=None):
+def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=None, slack=None):
     """Decide one clause ``C @ f(x) <= rhs`` (all rows) over the box exactly.
 
     ``layers``: ``[(W, b), ...]`` with a ReLU between; ``bounds``: sound ``(l, u)`` pre-activation
     bounds per ReLU (1-D). Minimises ``t`` s.t. ``C y - rhs <= t``. Returns ``(status, x, lb)``:
     ``("unsat", None, lb)`` if ``t > TAU`` is proven, ``("sat", x, lb)`` with a candidate ``x``
     where ``t <= 0`` (re-check it!), else ``("unknown", x_or_None, lb)`` (time limit, tolerance, or
-    ``stop()`` turned True).
+    ``stop()`` turned True). ``slack``: optional per-layer rounding slack ``r`` (each layer's output
+    anywhere within ``r`` of ``W a + b``, as in :meth:`~vsbench.bounds.graph.Graph.from_dense`).
     """
     inf = highspy.kHighsInf
     m = _Model()
     prev = m.cols(_np(lower).ravel(), _np(upper).ravel())  # columns holding the current activation
     prev_w = np.ones(len(prev))  # activation = prev_w * column (0 where the neuron is dead)
-    for (W, b), (l, u) in zip(layers[:-1], bounds):
+    slack = [np.zeros(len(b)) for _, b in layers] if slack is None else [_np(r).ravel() for r in slack]
+    for (W, b), (l, u), r in zip(layers[:-1], bounds, slack):
         W, b, l, u = _np(W), _np(b), _np(l).ravel(), _np(u).ravel()
         lw, uw = l - SLACK, u + SLACK  # the variable bounds and the big-M rows both use the widened bounds
         z = m.cols(lw, uw)
@@ -83,7 +85,7 @@ def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=No
         for j in range(len(b)):
             w = W[j, live]
             nz = np.flatnonzero(w)
-            m.row(np.append(prev[live[nz]], z[j]), np.append(-w[nz], 1.0), b[j], b[j])
+            m.row(np.append(prev[live[nz]], z[j]), np.append(-w[nz], 1.0), b[j] - r[j], b[j] + r[j])
         act, act_w = z.copy(), (u > 0).astype(np.float64)
         for j in np.flatnonzero((l < 0) & (u > 0)):
             a, d = m.cols([0.0], [uw[j]])[0], m.cols([0.0], [1.0], integer=True)[0]
@@ -93,7 +95,7 @@ def milp_clause(layers, lower, upper, bounds, C, rhs, time_limit: float, stop=No
             act[j] = a
         prev, prev_w = act, act_w
     W, b = _np(layers[-1][0]), _np(layers[-1][1])
-    CW, Cb = _np(C) @ W, _np(C) @ b
+    CW, Cb = _np(C) @ W, _np(C) @ b - np.abs(_np(C)) @ slack[-1]  # each row's worst rounding
     t = m.cols([-inf], [TAU])[0]
     m.cost[t] = 1.0
     live = np.flatnonzero(prev_w)
