@@ -27,6 +27,12 @@ Algorithms*, ch. 3), with ``u = 2^-24`` and ``gamma_k = k u / (1 - k u)``:
    product of ``|W|``). The error bound of each ReLU's input (which decides its ``d``) is the same
    backward bound with the identity as ``c``.
 
+3. Rounding as slack. Instead of a separate error bound, the same per-op roundings summed per
+   merged affine layer (:meth:`ChainError.layer_rounding`) can widen that layer's bias: bound
+   engines then bound the float32 model itself, and a margin loses only ``sum_k |Lambda_k| r_k``
+   with their own (CROWN) coefficients. Its magnitudes ``|x^|`` come from the exact network's
+   bounds plus the forward error, or from bounds that already hold for the float32 values.
+
 Conv is assumed to be computed as sums of products (im2col or direct, as onnxruntime's CPU kernels
 do), not by Winograd or FFT transforms, which this bound does not cover.
 """
