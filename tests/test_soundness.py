@@ -87,8 +87,8 @@ def test_float32_error_bound_holds_in_onnxruntime(tmp_path, seed):
 
 @pytest.mark.parametrize("case", [0, 1, 2, 3, "acasxu"])
 def test_per_box_float32_error_bound_holds_in_onnxruntime(tmp_path, case):
-    """The input split's per-sub-box bound (:class:`ChainError` over the split's own pre-ReLU bounds of
-    the merged chain) holds on random sub-boxes against onnxruntime vs exact float64 arithmetic."""
+    """:class:`ChainError` over small sub-boxes, from forward (and CROWN-tightened) pre-ReLU bounds of
+    the merged chain, holds on random sub-boxes against onnxruntime vs exact float64 arithmetic."""
     rng = np.random.default_rng(0 if case == "acasxu" else case)
     if case == "acasxu":
         if not ACASXU.exists():
