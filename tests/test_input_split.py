@@ -202,3 +202,22 @@ def test_forward_bounds_contain_sampled_activations():
             k += 1
         z = op.forward(z)
     assert k == 2
+
+
+def test_edge_falsification_finds_a_violation_inside_an_edge():
+    """y = x0 - 4 |x1 - 0.5| on [0, 1]^2 reaches 0.9 only near the middle of the edge x0 = 1 (not at a
+    corner): the edge points find a point there that the checker confirms; with 1.01 there is none."""
+    from vsbench.verify.builtin import _Checker
+    from vsbench.verify.input_split import _falsify_edges
+
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    g = Graph.from_dense([(t([[0, 1], [0, -1], [1, 0]]), t([-0.5, 0.5, 0])), (t([[-4, -4, 1]]), t([0]))])
+    lo, hi = t([0, 0]), t([1, 1])
+    for threshold, found in [(0.9, True), (1.01, False)]:
+        region = Region(np.zeros(2), np.ones(2), [(np.array([[-1.0]]), np.array([-threshold]))])
+        check = _Checker(g, Property([region]))
+        x = _falsify_edges(g, region, lo, hi, check)
+        assert (x is not None) == found
+        if found:
+            assert abs(x[0] - 1) < 1e-6 and abs(x[1] - 0.5) <= 0.025 + 1e-6, x
+            assert float(g.forward(t(x)[None])[0, 0]) >= threshold
