@@ -323,10 +323,7 @@ def _falsify(g: Graph, region: Region, lo, hi, a, step: int, cfg: VerifierConfig
     if not len(lo):
         return None
     centres = (lo + hi) / 2
-    points = torch.cat([centres, torch.where(a >= 0, lo, hi)])
-    with torch.no_grad():
-        m = clause_margins(g.forward(points), region.clauses).min(1).values
-    if (x := _confirm_first(region, points, m, check)) is not None:
+    if (x := _confirm_first(g, region, torch.cat([centres, torch.where(a >= 0, lo, hi)]), check)) is not None:
         return x
     if step % cfg.input_split_pgd_every == 0:
         starts = centres[: 16].numpy()
@@ -335,8 +332,11 @@ def _falsify(g: Graph, region: Region, lo, hi, a, step: int, cfg: VerifierConfig
     return None
 
 
-def _confirm_first(region: Region, points, margins, check):
-    """The first of (at most 16 of) the ``points`` with a margin ``<= 0`` that ``check`` confirms, else None."""
+def _confirm_first(g: Graph, region: Region, points, check):
+    """The first of (at most 16 of) the ``points`` where ``g`` violates ``region`` that ``check``
+    confirms, else None."""
+    with torch.no_grad():
+        margins = clause_margins(g.forward(points), region.clauses).min(1).values
     for i in torch.nonzero(margins <= 0).flatten()[:16].tolist():
         if (x := check(region, points[i].numpy())) is not None:
             return x
@@ -352,15 +352,10 @@ def _falsify_edges(g: Graph, region: Region, lo, hi, check):
     d = len(free)
     corners = (torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=lo.dtype)] * (d - 1)).reshape(-1, d - 1)
                if d > 1 else lo.new_zeros(1, 0))
-    t = torch.linspace(0, 1, EDGE_POINTS, dtype=lo.dtype)
-    points = []
+    corners = corners.repeat_interleave(EDGE_POINTS, 0)
+    t = torch.linspace(0, 1, EDGE_POINTS, dtype=lo.dtype).repeat(len(corners) // EDGE_POINTS)[:, None]
+    points = lo.repeat(d * len(corners), 1)
     for i in range(d):  # the edges along free input i: the others at each corner
-        frac = torch.cat([corners[:, :i].repeat_interleave(EDGE_POINTS, 0), t.repeat(len(corners))[:, None],
-                          corners[:, i:].repeat_interleave(EDGE_POINTS, 0)], 1)
-        x = lo.expand(len(frac), -1).clone()
-        x[:, free] = lo[free] + (hi[free] - lo[free]) * frac
-        points.append(x)
-    points = torch.cat(points)
-    with torch.no_grad():
-        m = clause_margins(g.forward(points), region.clauses).min(1).values
-    return _confirm_first(region, points, m, check)
+        frac = torch.cat([corners[:, :i], t, corners[:, i:]], 1)
+        points[i * len(corners):(i + 1) * len(corners), free] = lo[free] + (hi[free] - lo[free]) * frac
+    return _confirm_first(g, region, points, check)
